@@ -1,0 +1,91 @@
+"""Every sv_jax setting, with WeSpeaker's VoxCeleb2 ResNet recipe as the defaults.
+
+Other configs start from this one and change what differs. Fields are grouped by consumer (data, model, loss,
+optim, train, eval); units are in the names. Run with a model file, e.g.
+
+    python -m sv_jax.main --config=configs/r34.py --config.data.train_dir=... --workdir=runs/r34
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    config.seed = 42  # parameters, data order, crops and dither all derive from it
+
+    config.data = data = ml_collections.ConfigDict()
+    data.source = "voxceleb"  # 'voxceleb' (paths below) | 'synthetic' (built-in corpus, generated on first use)
+    data.train_dir = ""  # VoxCeleb2 dev wav tree: <speaker>/<video>/<utt>.wav, 16 kHz mono
+    data.eval_dir = ""  # root the trial lists' paths are relative to (VoxCeleb1 wav tree)
+    data.trials = ""  # one or more trial lists, comma-separated; each is named by its file stem
+    data.sample_rate = 16000  # Hz; audio at another rate is an error (resample first)
+    data.num_frames = 200  # training chunk in frames (200 = 2.015 s = 32,240 samples)
+    data.batch_size = 256  # global batch, split across all devices of all processes
+    data.num_mel_bins = 80
+    data.frame_length_ms = 25.0
+    data.frame_shift_ms = 10.0
+    data.window_type = "hamming"
+    data.dither = 1.0  # training only; evaluation extracts with dither 0
+    data.prefetch_batches = 2  # batches tf.data prepares ahead of the accelerator
+    data.on_bad_audio = "error"  # 'error': stop naming the file | 'skip': log it once, count it, go on
+    data.synthetic = synthetic = ml_collections.ConfigDict()  # used when source == 'synthetic'
+    synthetic.root = ""  # where the corpus is written; '' = <workdir>/synthetic
+    synthetic.num_train_speakers = 200
+    synthetic.num_test_speakers = 40  # held out: trials are between speakers never seen in training
+    synthetic.utts_per_train_speaker = 12
+    synthetic.utts_per_test_speaker = 8
+    synthetic.min_seconds = 2.0
+    synthetic.max_seconds = 4.0
+    synthetic.seed = 0
+
+    config.model = model = ml_collections.ConfigDict()
+    model.name = "ResNet34"  # ResNet18/34/50/101/152/221/293, or 'ResNet' with block and num_blocks below
+    model.block = config_dict.placeholder(str)  # 'basic' | 'bottleneck' (only with name 'ResNet')
+    model.num_blocks = config_dict.placeholder(tuple)  # blocks per stage, e.g. (2, 2, 10, 2) (name 'ResNet')
+    model.width = 32  # planes of the first stage (WeSpeaker's m_channels); stages have 1x, 2x, 4x, 8x
+    model.embed_dim = 256
+    model.dtype = "float32"  # 'float32' | 'bfloat16' compute; parameters, BN statistics and loss stay float32
+    model.head = ml_collections.ConfigDict()
+    model.head.type = "arc_margin"
+    model.head.scale = 32.0
+    model.head.easy_margin = False
+
+    config.loss = loss = ml_collections.ConfigDict()  # ArcMargin margin schedule (WeSpeaker's, epochs from 1)
+    loss.initial_margin = 0.0
+    loss.final_margin = 0.2
+    loss.increase_start_epoch = 20
+    loss.fix_start_epoch = 40
+    loss.increase_type = "exp"  # 'exp' | 'linear'
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.name = "sgd"  # 'sgd' | 'adam' | 'adamw'
+    optim.schedule = "exponential_decrease"
+    optim.initial_lr = 0.1
+    optim.final_lr = 5e-5
+    optim.warmup_epochs = 6.0
+    optim.warm_from_zero = True
+    optim.scale_lr_by_batch = True  # multiply the schedule by global batch / 64, as WeSpeaker does
+    optim.momentum = 0.9
+    optim.nesterov = True
+    optim.weight_decay = 1e-4  # coupled (added to the gradient) for sgd/adam, decoupled for adamw
+    optim.beta1 = 0.9
+    optim.beta2 = 0.999
+    optim.eps = 1e-8
+
+    config.train = train = ml_collections.ConfigDict()
+    train.num_epochs = 150
+    train.steps_per_epoch = 0  # 0 = training utterances // global batch
+    train.log_every_steps = 100
+    train.checkpoint_every_steps = 1000
+    train.keep_checkpoints = 3
+    train.eval_every_steps = 0  # 0 = evaluate only at the end
+
+    config.eval = ev = ml_collections.ConfigDict()
+    ev.bucket_frames = 200  # utterances are padded to a multiple of this (exact: the model masks padding)
+    ev.batch_frames = 32000  # frames per evaluation batch (rows = batch_frames // padded length, at least 1)
+    ev.subtract_mean = True  # subtract the mean training embedding before cosine scoring
+    ev.as_norm = False  # also report adaptive s-norm scores ('<trials>_asnorm')
+    ev.as_norm_top_k = 300
+    ev.num_train_utts = 2000  # training utterances embedded for the mean and the AS-norm cohort
+    return config

@@ -1,0 +1,156 @@
+"""WeSpeaker's ResNet speaker-embedding extractors in Flax linen.
+
+Layer for layer the model of `wespeaker/models/resnet.py`, so that results and checkpoints transfer: features
+(B, T, F) become an NHWC image with F as height and T as width; a 3x3 stem conv (1 -> width) with BN and ReLU and no
+max-pool; four stages of width * (1, 2, 4, 8) planes with strides (1, 2, 2, 2) on both axes; basic (two 3x3) or
+bottleneck (1x1, 3x3 carrying the stride, 1x1 x4) blocks; a conv1x1+BN projection shortcut where the shape changes;
+no conv biases; TSTP pooling; one Linear to the embedding.
+
+Inference on padded batches is exact: given `lengths`, every activation that feeds a 3x3 convolution is zeroed past
+the valid frames of its resolution, which is what the convolution's own zero padding would have seen on the unpadded
+utterance, and TSTP pools over valid frames only. Evaluation therefore batches whole utterances of different length
+into a few padded shapes without changing a single embedding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sv_jax.models.pooling import tstp
+
+# PyTorch's default conv/linear init (kaiming_uniform with a=sqrt(5)) is uniform with variance 1/(3 fan_in).
+torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+STAGE_STRIDES = (1, 2, 2, 2)
+STAGE_WIDTH_MULTIPLIERS = (1, 2, 4, 8)
+
+
+def _torch_default_bias_init(fan_in: int):
+    bound = 1.0 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def downsampled_lengths(lengths: jax.Array, stride: int) -> jax.Array:
+    """Valid frames after a stride-`stride` conv with kernel 3 / padding 1 (or kernel 1 / padding 0)."""
+    return (lengths + stride - 1) // stride if stride > 1 else lengths
+
+
+def time_mask(lengths: jax.Array | None, width: int, dtype) -> jax.Array | None:
+    """[B, 1, W, 1] mask of valid time steps for NHWC activations, or None for unpadded batches."""
+    if lengths is None:
+        return None
+    return (jnp.arange(width)[None, :] < lengths[:, None]).astype(dtype)[:, None, :, None]
+
+
+def _apply_mask(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    return x if mask is None else x * mask
+
+
+class _ConvBN(nn.Module):
+    """Conv (no bias, explicit symmetric padding) + BatchNorm (eps 1e-5, momentum 0.9 = PyTorch's 0.1)."""
+
+    features: int
+    kernel: int
+    stride: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        pad = self.kernel // 2
+        x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
+                    padding=((pad, pad), (pad, pad)), use_bias=False, dtype=self.dtype,
+                    kernel_init=torch_default_kernel_init, name="conv")(x)
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                            dtype=self.dtype, name="bn")(x)
+
+
+class BasicBlock(nn.Module):
+    planes: int
+    stride: int = 1
+    dtype: Any = jnp.float32
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x, mask_in, mask_out, train: bool):
+        out = nn.relu(_ConvBN(self.planes, 3, self.stride, self.dtype, name="conv_bn1")(x, train))
+        out = _apply_mask(out, mask_out)
+        out = _ConvBN(self.planes, 3, 1, self.dtype, name="conv_bn2")(out, train)
+        return nn.relu(out + _shortcut(self, x, train))
+
+
+class Bottleneck(nn.Module):
+    planes: int
+    stride: int = 1
+    dtype: Any = jnp.float32
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x, mask_in, mask_out, train: bool):
+        # The 1x1 output feeds the strided 3x3 conv, so it is masked at the block's input resolution.
+        out = nn.relu(_ConvBN(self.planes, 1, 1, self.dtype, name="conv_bn1")(x, train))
+        out = _apply_mask(out, mask_in)
+        out = nn.relu(_ConvBN(self.planes, 3, self.stride, self.dtype, name="conv_bn2")(out, train))
+        out = _ConvBN(self.planes * 4, 1, 1, self.dtype, name="conv_bn3")(out, train)
+        return nn.relu(out + _shortcut(self, x, train))
+
+
+def _shortcut(block: nn.Module, x: jax.Array, train: bool) -> jax.Array:
+    out_planes = block.planes * block.expansion
+    if block.stride == 1 and x.shape[-1] == out_planes:
+        return x
+    return _ConvBN(out_planes, 1, block.stride, block.dtype, name="shortcut")(x, train)
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+class ResNet(nn.Module):
+    """ResNet speaker-embedding extractor: [B, T, F] features -> [B, embed_dim] float32 embeddings.
+
+    Attributes:
+      block: 'basic' or 'bottleneck'.
+      num_blocks: blocks in each of the four stages, e.g. (3, 4, 6, 3) for ResNet34.
+      width: planes of the first stage (WeSpeaker's m_channels, 32).
+      embed_dim: embedding size (256).
+      dtype: computation dtype; parameters and BN statistics stay float32, pooling and the embedding are float32.
+    """
+
+    block: str = "basic"
+    num_blocks: Sequence[int] = (3, 4, 6, 3)
+    width: int = 32
+    embed_dim: int = 256
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, feats: jax.Array, lengths: jax.Array | None = None, *, train: bool = False) -> jax.Array:
+        if self.block not in BLOCKS:
+            raise ValueError(f"unknown block {self.block!r}; choose one of {sorted(BLOCKS)}")
+        if len(self.num_blocks) != 4:
+            raise ValueError(f"num_blocks needs one entry per stage (4), got {tuple(self.num_blocks)}")
+        if train and lengths is not None:
+            raise ValueError("lengths (padded batches) are for inference only: padding would bias BN statistics")
+        block_cls = BLOCKS[self.block]
+        x = jnp.transpose(feats, (0, 2, 1))[..., None].astype(self.dtype)  # (B, F, T, 1): F is height, T width
+        mask = time_mask(lengths, x.shape[2], self.dtype)
+        x = _apply_mask(x, mask)
+        x = nn.relu(_ConvBN(self.width, 3, 1, self.dtype, name="stem")(x, train))
+        x = _apply_mask(x, mask)
+        for stage, (count, stride, mult) in enumerate(
+                zip(self.num_blocks, STAGE_STRIDES, STAGE_WIDTH_MULTIPLIERS), start=1):
+            for index in range(count):
+                block_stride = stride if index == 0 else 1
+                mask_in = mask
+                if lengths is not None and block_stride > 1:
+                    lengths = downsampled_lengths(lengths, block_stride)
+                    mask = time_mask(lengths, -(-x.shape[2] // block_stride), self.dtype)
+                x = block_cls(self.width * mult, block_stride, self.dtype,
+                              name=f"layer{stage}_{index}")(x, mask_in, mask, train)
+                x = _apply_mask(x, mask)
+        stats = tstp(x.astype(jnp.float32), lengths)
+        return nn.Dense(self.embed_dim, dtype=jnp.float32, kernel_init=torch_default_kernel_init,
+                        bias_init=_torch_default_bias_init(stats.shape[-1]), name="seg_1")(stats)

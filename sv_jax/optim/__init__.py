@@ -1,0 +1,42 @@
+"""Optimisers and schedules: SGD (momentum, Nesterov, coupled weight decay, as WeSpeaker), Adam and AdamW."""
+
+from __future__ import annotations
+
+import optax
+
+from sv_jax.optim.schedules import exponential_decrease
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+__all__ = ["OPTIMIZERS", "create_optimizer", "create_schedule", "exponential_decrease"]
+
+
+def create_schedule(optim_config, steps_per_epoch: int, num_epochs: int, global_batch_size: int):
+    """The config's learning-rate schedule; `optim.scale_lr_by_batch` scales it by global_batch/64 (WeSpeaker)."""
+    if optim_config.schedule != "exponential_decrease":
+        raise ValueError(f"unknown optim.schedule {optim_config.schedule!r}; choose 'exponential_decrease'")
+    scale = global_batch_size / 64.0 if optim_config.scale_lr_by_batch else 1.0
+    return exponential_decrease(optim_config.initial_lr, optim_config.final_lr, num_epochs, steps_per_epoch,
+                                warmup_epochs=optim_config.warmup_epochs, scale_ratio=scale,
+                                warm_from_zero=optim_config.warm_from_zero)
+
+
+def create_optimizer(optim_config, learning_rate) -> optax.GradientTransformation:
+    """optax transformation for optim.name in OPTIMIZERS.
+
+    'sgd' and 'adam' use coupled weight decay (added to the gradient before momentum, as torch.optim.SGD/Adam with
+    weight_decay, applied to every parameter as WeSpeaker does); 'adamw' decouples it (torch.optim.AdamW).
+    """
+    name, wd = optim_config.name, optim_config.weight_decay
+    if name == "sgd":
+        return optax.chain(optax.add_decayed_weights(wd),
+                           optax.sgd(learning_rate, momentum=optim_config.momentum or None,
+                                     nesterov=optim_config.nesterov))
+    if name == "adam":
+        return optax.chain(optax.add_decayed_weights(wd),
+                           optax.adam(learning_rate, b1=optim_config.beta1, b2=optim_config.beta2,
+                                      eps=optim_config.eps))
+    if name == "adamw":
+        return optax.adamw(learning_rate, b1=optim_config.beta1, b2=optim_config.beta2, eps=optim_config.eps,
+                           weight_decay=wd)
+    raise ValueError(f"unknown optim.name {name!r}; choose one of {list(OPTIMIZERS)}")
