@@ -1,0 +1,97 @@
+"""Evaluation: whole-utterance embeddings, cosine scoring (optionally AS-norm), EER and minDCF per trial list.
+
+Utterances of different length are batched in padded buckets (a few shapes, so a few compilations); the model
+masks the padding, so every embedding equals that of the unpadded utterance. As in WeSpeaker, the mean embedding
+of training data is subtracted before cosine scoring (`eval.subtract_mean`), and AS-norm uses speaker-mean training
+embeddings as the cohort (`eval.as_norm`). The scoring itself lives in sv_jax.metrics (numpy only).
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import time
+from typing import Iterable, Mapping
+
+import jax
+import numpy as np
+
+from sv_jax import input as input_lib
+from sv_jax import metrics
+from sv_jax import parallel
+
+
+class Embedder:
+    """Jit-compiled, data-parallel `model.embed` over padded evaluation batches."""
+
+    def __init__(self, model, mesh):
+        self.mesh = mesh
+        replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
+        self._embed = jax.jit(lambda variables, feats, lengths: model.apply(variables, feats, lengths,
+                                                                            method=model.embed),
+                              in_shardings=(replicated, sharded, sharded), out_shardings=replicated)
+
+    def __call__(self, variables, batches: Iterable[Mapping[str, np.ndarray]], num_utts: int,
+                 batch_frames: int) -> np.ndarray:
+        """Embeddings [num_utts, D] from batches of {'feats', 'lengths', 'index'} (index into the output)."""
+        outputs = []
+        for batch in batches:
+            length = batch["feats"].shape[1]
+            # One row count per bucket (rounded to the device count) keeps the number of compiled shapes small.
+            rows = parallel.round_up(max(1, batch_frames // length), self.mesh.size)
+            count = len(batch["index"])
+            padded = parallel.pad_rows({"feats": batch["feats"], "lengths": batch["lengths"]}, rows)
+            padded["lengths"][count:] = length  # dummy rows: any non-zero length avoids 0/0 in pooling
+            sharded = parallel.shard_batch(padded, self.mesh)
+            outputs.append((batch["index"], self._embed(variables, sharded["feats"], sharded["lengths"]), count))
+        embeddings = None
+        for index, emb, count in outputs:
+            emb = np.asarray(jax.device_get(emb))[:count]
+            if embeddings is None:
+                embeddings = np.full((num_utts, emb.shape[-1]), np.nan, np.float32)
+            embeddings[index] = emb
+        if embeddings is None or np.isnan(embeddings).any():
+            raise RuntimeError("the evaluation pipeline did not produce an embedding for every utterance")
+        return embeddings
+
+
+def embed_files(embedder: Embedder, variables, config, paths) -> np.ndarray:
+    start = time.perf_counter()
+    paths = [str(p) for p in paths]
+    embeddings = embedder(variables, input_lib.eval_batches(config.data, config.eval, paths), len(paths),
+                          config.eval.batch_frames)
+    logging.info("embedded %d utterances in %.1f s", len(paths), time.perf_counter() - start)
+    return embeddings
+
+
+def _training_statistics(embedder, variables, config, train) -> tuple[np.ndarray, np.ndarray]:
+    """Mean embedding and per-speaker mean embeddings (the AS-norm cohort) of a seeded sample of training data."""
+    rng = np.random.default_rng(config.seed)
+    count = min(config.eval.num_train_utts, len(train))
+    chosen = np.sort(rng.choice(len(train), size=count, replace=False))
+    embeddings = embed_files(embedder, variables, config, [train.paths[i] for i in chosen])
+    labels = train.labels[chosen]
+    speakers = np.unique(labels)
+    cohort = np.stack([embeddings[labels == s].mean(axis=0) for s in speakers])
+    return embeddings.mean(axis=0), cohort
+
+
+def evaluate(embedder: Embedder, variables, config, data: input_lib.DataSources) -> dict:
+    """{trial-list name: verification metrics}, plus '<name>_asnorm' entries when eval.as_norm is set."""
+    utterances = sorted({u for trials in data.trials for u in trials.utterances})
+    embeddings = embed_files(embedder, variables, config, [pathlib.Path(data.eval_root) / u for u in utterances])
+    by_key = dict(zip(utterances, embeddings))
+    mean = cohort = None
+    if (config.eval.subtract_mean or config.eval.as_norm) and data.train is not None:
+        mean, cohort = _training_statistics(embedder, variables, config, data.train)
+    results = {}
+    for trials in data.trials:
+        scores = metrics.score_trials(by_key, trials, mean=mean if config.eval.subtract_mean else None)
+        results[trials.name] = metrics.verification_metrics(scores, trials.labels)
+        if config.eval.as_norm:
+            shift = mean if config.eval.subtract_mean else 0.0
+            enroll = np.stack([by_key[k] for k in trials.enroll]) - shift
+            test = np.stack([by_key[k] for k in trials.test]) - shift
+            normed = metrics.as_norm(scores, enroll, test, cohort - shift, top_k=config.eval.as_norm_top_k)
+            results[f"{trials.name}_asnorm"] = metrics.verification_metrics(normed, trials.labels)
+    return results

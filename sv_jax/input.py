@@ -1,0 +1,102 @@
+"""From `config.data` to data: the training manifest, the trial lists and the pipelines that read them.
+
+`data.source = 'synthetic'` generates (once) the built-in corpus under the workdir; `'voxceleb'` reads
+`data.train_dir`, `data.eval_dir` and `data.trials`. Every missing path is an error naming its config key.
+TensorFlow is imported here only when a pipeline is built, so the rest of sv_jax works without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+
+from data_pipeline import manifest as manifest_lib
+
+SOURCES = ("synthetic", "voxceleb")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSources:
+    train: manifest_lib.Manifest
+    eval_root: pathlib.Path
+    trials: tuple[manifest_lib.Trials, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_speakers
+
+
+def _existing(path_str: str, key: str, kind: str = "directory") -> pathlib.Path:
+    if not path_str:
+        raise ValueError(f"config {key} is empty: set it to the {kind} to use")
+    path = pathlib.Path(path_str).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"config {key}={path_str!r}: no such {kind}")
+    return path
+
+
+def resolve_data(data_config, workdir: str | pathlib.Path, need_train: bool = True) -> DataSources:
+    """Scans/generates the data the config names and checks that every trial file exists."""
+    if data_config.source not in SOURCES:
+        raise ValueError(f"unknown data.source {data_config.source!r}; choose one of {list(SOURCES)}")
+    if data_config.source == "synthetic":
+        from data_pipeline import synthetic  # pylint: disable=import-outside-toplevel
+        syn = data_config.synthetic
+        root = pathlib.Path(syn.root) if syn.root else pathlib.Path(workdir) / "synthetic"
+        spec = synthetic.CorpusSpec(
+            num_train_speakers=syn.num_train_speakers, num_test_speakers=syn.num_test_speakers,
+            utts_per_train_speaker=syn.utts_per_train_speaker, utts_per_test_speaker=syn.utts_per_test_speaker,
+            min_seconds=syn.min_seconds, max_seconds=syn.max_seconds, sample_rate=data_config.sample_rate,
+            seed=syn.seed)
+        corpus = synthetic.generate_corpus(root, spec)
+        train_dir, eval_root, trial_paths = corpus.train_dir, corpus.test_dir, [corpus.trials]
+    else:
+        train_dir = _existing(data_config.train_dir, "data.train_dir") if need_train else None
+        eval_root = _existing(data_config.eval_dir, "data.eval_dir")
+        trial_paths = manifest_lib.parse_trial_paths(data_config.trials)
+        if not trial_paths:
+            raise ValueError("config data.trials is empty: give one or more trial lists, comma-separated")
+        for path in trial_paths:
+            _existing(str(path), "data.trials", "trial list")
+    train = manifest_lib.scan_dir(train_dir) if train_dir is not None else None
+    trials = tuple(manifest_lib.read_trials(p) for p in trial_paths)
+    for trial_list in trials:
+        manifest_lib.check_trial_files(trial_list, eval_root)
+    if train is not None:
+        logging.info("train: %d utterances of %d speakers in %s; trials: %s", len(train), train.num_speakers,
+                     train_dir, ", ".join(f"{t.name} ({len(t)})" for t in trials))
+    return DataSources(train=train, eval_root=pathlib.Path(eval_root), trials=trials)
+
+
+def fbank_config(data_config):
+    from data_pipeline import input_pipeline  # pylint: disable=import-outside-toplevel
+    return input_pipeline.FbankConfig(
+        sample_rate=data_config.sample_rate, num_mel_bins=data_config.num_mel_bins,
+        frame_length_ms=data_config.frame_length_ms, frame_shift_ms=data_config.frame_shift_ms,
+        window_type=data_config.window_type, dither=data_config.dither)
+
+
+def train_batches(data_config, train: manifest_lib.Manifest, *, batch_size: int, seed: int, start_index: int,
+                  bad_audio_log, process_index: int = 0, process_count: int = 1):
+    """Iterator of numpy training batches (this process's `batch_size` rows), from stream position start_index."""
+    from data_pipeline import input_pipeline  # pylint: disable=import-outside-toplevel
+    ds = input_pipeline.create_train_dataset(
+        train.paths, train.labels, batch_size=batch_size, num_frames=data_config.num_frames, seed=seed,
+        fbank=fbank_config(data_config), start_index=start_index, on_bad_audio=data_config.on_bad_audio,
+        bad_audio_log=bad_audio_log, process_index=process_index, process_count=process_count,
+        prefetch_batches=data_config.prefetch_batches)
+    return input_pipeline.numpy_batches(ds)
+
+
+def eval_batches(data_config, eval_config, paths):
+    from data_pipeline import input_pipeline  # pylint: disable=import-outside-toplevel
+    ds = input_pipeline.create_eval_dataset(paths, fbank=fbank_config(data_config),
+                                            bucket_frames=eval_config.bucket_frames,
+                                            batch_frames=eval_config.batch_frames)
+    return input_pipeline.numpy_batches(ds)
+
+
+def new_bad_audio_log():
+    from data_pipeline import input_pipeline  # pylint: disable=import-outside-toplevel
+    return input_pipeline.BadAudioLog()

@@ -1,0 +1,186 @@
+"""Training: data-parallel SGD on the ArcMargin loss, checkpointed, resumable, evaluated at the end.
+
+Reads top to bottom: set up, input, model & optimizer, sharding, step functions, checkpoint restore, loop. The
+step is one jit-compiled program over the global batch (sharded on the mesh's 'data' axis), with the state donated;
+metrics stay on the device until a log step fetches them all at once, so the loop never waits on the accelerator
+except when it logs, checkpoints or evaluates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from sv_jax import checkpoint as checkpoint_lib
+from sv_jax import evaluation
+from sv_jax import input as input_lib
+from sv_jax import models
+from sv_jax import optim
+from sv_jax import parallel
+from sv_jax import reporting
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+    @property
+    def variables(self):
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def create_train_state(rng, model, tx, feat_shape: tuple[int, int]) -> TrainState:
+    feats = jnp.zeros((2, *feat_shape), jnp.float32)
+    variables = model.init(rng, feats, jnp.zeros((2,), jnp.int32), 0.0, train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
+                      opt_state=tx.init(params))
+
+
+def train_step(state: TrainState, batch, *, model, tx, learning_rate_fn, margin_fn):
+    margin = margin_fn(state.step)
+
+    def loss_fn(params):
+        (_, logits), updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["feats"],
+                                           batch["label"], margin, train=True, mutable=["batch_stats"])
+        logits = logits.astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, (logits, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                           batch_stats=batch_stats, opt_state=opt_state)
+    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+               "lr": learning_rate_fn(state.step), "margin": margin}
+    return new_state, metrics
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or Inf; the last checkpoint (written before it) is kept."""
+
+
+def _check_finite(history: list[dict], first_step: int) -> None:
+    for offset, metrics in enumerate(history):
+        if not np.isfinite(metrics["loss"]):
+            raise NonFiniteLossError(
+                f"train/loss is {metrics['loss']} at step {first_step + offset + 1}: stopping; the last checkpoint "
+                f"before it is kept (lower optim.initial_lr or check the input data)")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
+    """Trains (resuming from workdir's latest checkpoint), evaluates, writes summary.json; returns the summary."""
+    # Set up.
+    workdir_path = pathlib.Path(workdir)
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    wall_start = time.time()
+    process_index, process_count = jax.process_index(), jax.process_count()
+
+    # Input.
+    data = input_lib.resolve_data(config.data, workdir)
+    global_batch = config.data.batch_size
+    steps_per_epoch = config.train.steps_per_epoch or max(len(data.train) // global_batch, 1)
+    total_steps = config.train.num_epochs * steps_per_epoch
+
+    # Model and optimizer.
+    model = models.create_model(config.model, data.num_classes)
+    learning_rate_fn = optim.create_schedule(config.optim, steps_per_epoch, config.train.num_epochs, global_batch)
+    tx = optim.create_optimizer(config.optim, learning_rate_fn)
+    margin_fn = models.margin_schedule(config.loss.initial_margin, config.loss.final_margin,
+                                       config.loss.increase_start_epoch, config.loss.fix_start_epoch,
+                                       steps_per_epoch, config.loss.increase_type)
+
+    # Sharding: state replicated, batch split along 'data'.
+    mesh = parallel.create_mesh(devices)
+    parallel.check_global_batch(global_batch, mesh)
+    replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    feat_shape = (config.data.num_frames, config.data.num_mel_bins)
+    state = jax.jit(lambda rng: create_train_state(rng, model, tx, feat_shape),
+                    out_shardings=replicated)(jax.random.key(config.seed))
+
+    # Step functions.
+    p_train_step = jax.jit(
+        lambda s, b: train_step(s, b, model=model, tx=tx, learning_rate_fn=learning_rate_fn, margin_fn=margin_fn),
+        in_shardings=(replicated, sharded), out_shardings=(replicated, replicated), donate_argnums=0)
+    embedder = evaluation.Embedder(model, mesh)
+
+    # Checkpoint restore.
+    checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
+    next_position = 0
+    restored = checkpointer.restore(state)
+    if restored is not None:
+        state, meta = restored
+        next_position = int(meta["next_position"])
+    start_step = int(state.step)
+    if start_step:
+        logging.info("resuming at step %d of %d (data stream position %d)", start_step, total_steps, next_position)
+
+    # Loop.
+    bad_audio_log = input_lib.new_bad_audio_log()
+    batches = input_lib.train_batches(config.data, data.train, batch_size=global_batch // process_count,
+                                      seed=config.seed, start_index=next_position, bad_audio_log=bad_audio_log,
+                                      process_index=process_index, process_count=process_count)
+    writer = reporting.create_writer(workdir, enabled=process_index == 0)
+    progress = reporting.Progress(total_steps, global_batch, start_step)
+    pending, last_metrics = [], {}
+    eval_results = {}
+
+    def checkpoint(step):
+        checkpointer.save(step, state, {"next_position": next_position, "step": step})
+
+    for step in range(start_step + 1, total_steps + 1):
+        batch = next(batches)
+        next_position = int(batch.pop("index")[-1]) + 1
+        state, metrics = p_train_step(state, parallel.shard_batch(batch, mesh))
+        pending.append(metrics)
+        is_last = step == total_steps
+        if step % config.train.log_every_steps == 0 or is_last or step % config.train.checkpoint_every_steps == 0:
+            history = jax.device_get(pending)  # the one host sync of a log interval
+            _check_finite(history, step - len(history))
+            last_metrics = {k: float(np.mean([m[k] for m in history])) for k in ("loss", "accuracy")}
+            last_metrics.update(lr=float(history[-1]["lr"]), margin=float(history[-1]["margin"]))
+            pending = []
+            rates = progress.update(step, len(history))
+            writer.write_scalars(step, {f"train/{k}": v for k, v in last_metrics.items()} | rates)
+            logging.info(progress.line(step, last_metrics))
+        if step % config.train.checkpoint_every_steps == 0 or is_last:
+            checkpoint(step)
+        if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 and not is_last:
+            eval_results = evaluation.evaluate(embedder, state.variables, config, data)
+            writer.write_scalars(step, reporting.eval_scalars(eval_results))
+    checkpointer.close()
+
+    eval_results = evaluation.evaluate(embedder, state.variables, config, data)
+    writer.write_scalars(int(state.step), reporting.eval_scalars(eval_results))
+    writer.flush()
+    summary = {
+        "config": config.to_dict(),
+        "params": models.count_params(state.params["backbone"]),
+        "head_params": models.count_params(state.params["head"]),
+        "steps": int(state.step),
+        "resumed_from_step": start_step,
+        "wall_seconds": time.time() - wall_start,
+        "devices": [str(d) for d in mesh.devices.flat],
+        "train": last_metrics,
+        "throughput_utt_per_s": progress.steady_utt_per_s(),
+        "data": {"train_utterances": len(data.train), "speakers": data.num_classes,
+                 "bad_audio_skipped": bad_audio_log.count, "bad_audio_files": bad_audio_log.files[:100]},
+        "eval": eval_results,
+    }
+    if process_index == 0:
+        (workdir_path / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    logging.info("eval: %s", json.dumps(eval_results))
+    return summary
