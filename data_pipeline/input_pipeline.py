@@ -26,6 +26,8 @@ tf.config.set_visible_devices([], "GPU")
 from data_pipeline import audio as audio_lib
 from data_pipeline import features
 
+log = logging.getLogger(__name__)
+
 ON_BAD_AUDIO = ("error", "skip")
 
 
@@ -63,7 +65,7 @@ class BadAudioLog:
             if error.path in self._reasons:
                 return
             self._reasons[error.path] = str(error)
-        logging.warning("skipping bad audio (data.on_bad_audio='skip'): %s", error)
+        log.warning("skipping bad audio (data.on_bad_audio='skip'): %s", error)
 
     @property
     def count(self) -> int:

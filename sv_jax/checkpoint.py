@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+log = logging.getLogger(__name__)
+
 
 class Checkpointer:
     """Keeps the latest `max_to_keep` checkpoints of `workdir/checkpoints`."""
@@ -43,7 +45,7 @@ class Checkpointer:
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_state)
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        logging.info("restored checkpoint of step %d from %s", step, self.directory)
+        log.info("restored checkpoint of step %d from %s", step, self.directory)
         return restored["state"], dict(restored["meta"])
 
     def restore_raw(self, step: int) -> dict:

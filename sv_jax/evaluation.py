@@ -20,6 +20,8 @@ from sv_jax import input as input_lib
 from sv_jax import metrics
 from sv_jax import parallel
 
+log = logging.getLogger(__name__)
+
 
 class Embedder:
     """Jit-compiled, data-parallel `model.embed` over padded evaluation batches."""
@@ -60,7 +62,7 @@ def embed_files(embedder: Embedder, variables, config, paths) -> np.ndarray:
     paths = [str(p) for p in paths]
     embeddings = embedder(variables, input_lib.eval_batches(config.data, config.eval, paths), len(paths),
                           config.eval.batch_frames)
-    logging.info("embedded %d utterances in %.1f s", len(paths), time.perf_counter() - start)
+    log.info("embedded %d utterances in %.1f s", len(paths), time.perf_counter() - start)
     return embeddings
 
 
@@ -89,9 +91,7 @@ def evaluate(embedder: Embedder, variables, config, data: input_lib.DataSources)
         scores = metrics.score_trials(by_key, trials, mean=mean if config.eval.subtract_mean else None)
         results[trials.name] = metrics.verification_metrics(scores, trials.labels)
         if config.eval.as_norm:
-            shift = mean if config.eval.subtract_mean else 0.0
-            enroll = np.stack([by_key[k] for k in trials.enroll]) - shift
-            test = np.stack([by_key[k] for k in trials.test]) - shift
-            normed = metrics.as_norm(scores, enroll, test, cohort - shift, top_k=config.eval.as_norm_top_k)
+            normed = metrics.as_norm_trials(scores, by_key, trials, cohort, top_k=config.eval.as_norm_top_k,
+                                            mean=mean if config.eval.subtract_mean else None)
             results[f"{trials.name}_asnorm"] = metrics.verification_metrics(normed, trials.labels)
     return results

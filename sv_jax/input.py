@@ -13,6 +13,8 @@ import pathlib
 
 from data_pipeline import manifest as manifest_lib
 
+log = logging.getLogger(__name__)
+
 SOURCES = ("synthetic", "voxceleb")
 
 
@@ -64,7 +66,7 @@ def resolve_data(data_config, workdir: str | pathlib.Path, need_train: bool = Tr
     for trial_list in trials:
         manifest_lib.check_trial_files(trial_list, eval_root)
     if train is not None:
-        logging.info("train: %d utterances of %d speakers in %s; trials: %s", len(train), train.num_speakers,
+        log.info("train: %d utterances of %d speakers in %s; trials: %s", len(train), train.num_speakers,
                      train_dir, ", ".join(f"{t.name} ({len(t)})" for t in trials))
     return DataSources(train=train, eval_root=pathlib.Path(eval_root), trials=trials)
 

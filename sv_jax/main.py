@@ -5,11 +5,14 @@ latest checkpoint), extract (embeddings of the audio files listed in --audio_lis
 the model's parameter count and layer output shapes as JSON; no data, no training).
 """
 
+import logging as std_logging
 import os
 import pathlib
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
+
+from absl import app, flags, logging  # pylint: disable=wrong-import-position
+from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
 from sv_jax import commands
 
@@ -27,11 +30,23 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _configure_logging()
     workdir = FLAGS.workdir or str(pathlib.Path("runs") / pathlib.Path(config_flags.get_config_filename(
         FLAGS["config"])).stem)
-    logging.info("mode %s, workdir %s", FLAGS.mode, workdir)
+    std_logging.getLogger("sv_jax").info("mode %s, workdir %s", FLAGS.mode, workdir)
     commands.run(FLAGS.mode, FLAGS.config, workdir, audio_list=FLAGS.audio_list, output=FLAGS.output)
+
+
+def _configure_logging():
+    """sv_jax's own progress at INFO; libraries (orbax logs every save through absl) at WARNING."""
+    logging.set_verbosity(logging.WARNING)
+    handler = std_logging.StreamHandler()
+    handler.setFormatter(std_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    for name in ("sv_jax", "data_pipeline"):
+        logger = std_logging.getLogger(name)
+        logger.setLevel(std_logging.INFO)
+        logger.addHandler(handler)
+        logger.propagate = False
 
 
 if __name__ == "__main__":

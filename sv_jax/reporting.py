@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import pathlib
 import time
 
 from clu import metric_writers
+
+log = logging.getLogger(__name__)
 
 
 def create_writer(workdir: str, enabled: bool = True) -> metric_writers.MetricWriter:
@@ -23,7 +27,7 @@ def create_writer(workdir: str, enabled: bool = True) -> metric_writers.MetricWr
             from clu.metric_writers import torch_tensorboard_writer  # pylint: disable=import-outside-toplevel
             writer = torch_tensorboard_writer.TorchTensorBoardWriter(workdir)
         except ImportError:
-            logging.warning("neither TensorFlow nor torch is installed: TensorBoard scalars go to the log only")
+            log.warning("neither TensorFlow nor torch is installed: TensorBoard scalars go to the log only")
             writer = metric_writers.LoggingWriter()
     return metric_writers.AsyncWriter(writer)
 
@@ -77,3 +81,24 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class TrainLog:
+    """workdir/train_log.jsonl: one JSON line per log step, for scripts that should not parse TensorBoard.
+
+    On resume, lines past the restored step (written before the run was killed, then lost with the state) are
+    dropped, so the file always describes the run that produced the checkpoint.
+    """
+
+    def __init__(self, workdir, enabled: bool = True, resume_step: int = 0):
+        self.path = pathlib.Path(workdir) / "train_log.jsonl"
+        self.enabled = enabled
+        if enabled and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def append(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as log:
+                log.write(json.dumps(record) + "\n")

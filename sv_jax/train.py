@@ -29,6 +29,8 @@ from sv_jax import optim
 from sv_jax import parallel
 from sv_jax import reporting
 
+log = logging.getLogger(__name__)
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -126,7 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         next_position = int(meta["next_position"])
     start_step = int(state.step)
     if start_step:
-        logging.info("resuming at step %d of %d (data stream position %d)", start_step, total_steps, next_position)
+        log.info("resuming at step %d of %d (data stream position %d)", start_step, total_steps, next_position)
 
     # Loop.
     bad_audio_log = input_lib.new_bad_audio_log()
@@ -135,6 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                                       process_index=process_index, process_count=process_count)
     writer = reporting.create_writer(workdir, enabled=process_index == 0)
     progress = reporting.Progress(total_steps, global_batch, start_step)
+    train_log = reporting.TrainLog(workdir, enabled=process_index == 0, resume_step=start_step)
     pending, last_metrics = [], {}
     eval_results = {}
 
@@ -155,7 +158,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
             pending = []
             rates = progress.update(step, len(history))
             writer.write_scalars(step, {f"train/{k}": v for k, v in last_metrics.items()} | rates)
-            logging.info(progress.line(step, last_metrics))
+            log.info(progress.line(step, last_metrics))
+            train_log.append({"step": step, **last_metrics, **rates})
         if step % config.train.checkpoint_every_steps == 0 or is_last:
             checkpoint(step)
         if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 and not is_last:
@@ -182,5 +186,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     }
     if process_index == 0:
         (workdir_path / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    logging.info("eval: %s", json.dumps(eval_results))
+    log.info("eval: %s", json.dumps(eval_results))
     return summary

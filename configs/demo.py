@@ -1,0 +1,35 @@
+"""The demo: a small ResNet learns speaker identity on the built-in synthetic corpus, on a CPU, in minutes.
+
+    python -m sv_jax.main --config=configs/demo.py
+
+Generates the corpus (200 training speakers, 40 held-out test speakers) under runs/demo/synthetic, trains, and
+evaluates cosine-scored trials between the held-out speakers. Expected (README): EER below 10% in under 10 minutes
+on a 2-core CPU; an untrained model is near 50%.
+"""
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.data.source = "synthetic"
+    config.data.batch_size = 64
+    config.data.num_frames = 200
+
+    config.model.name = "ResNet"
+    config.model.block = "basic"
+    config.model.num_blocks = (1, 1, 1, 1)
+    config.model.width = 8
+    config.model.embed_dim = 128
+
+    # The recipe's schedules, compressed from 150 epochs to the demo's length.
+    config.train.num_epochs = 10
+    config.optim.warmup_epochs = 1.0
+    config.loss.increase_start_epoch = 3
+    config.loss.fix_start_epoch = 7
+
+    config.train.log_every_steps = 20
+    config.train.checkpoint_every_steps = 100
+    config.eval.bucket_frames = 100
+    config.eval.num_train_utts = 400
+    return config

@@ -1,0 +1,184 @@
+"""End-to-end training on the tiny synthetic corpus: summary, resume after SIGKILL, 1 vs 4 devices, bad input."""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from sv_jax import checkpoint as checkpoint_lib
+from sv_jax import commands, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus_root(tmp_path_factory):
+    """The tiny corpus, generated once for this module (configs point at it)."""
+    from data_pipeline import synthetic
+    config = tiny.get_config()
+    syn = config.data.synthetic
+    root = tmp_path_factory.mktemp("corpus") / "synthetic"
+    synthetic.generate_corpus(root, synthetic.CorpusSpec(
+        num_train_speakers=syn.num_train_speakers, num_test_speakers=syn.num_test_speakers,
+        utts_per_train_speaker=syn.utts_per_train_speaker, utts_per_test_speaker=syn.utts_per_test_speaker,
+        min_seconds=syn.min_seconds, max_seconds=syn.max_seconds, seed=syn.seed), num_workers=1)
+    return root
+
+
+def _config(corpus_root, **train_overrides):
+    config = tiny.get_config()
+    config.data.synthetic.root = str(corpus_root)
+    config.train.update(train_overrides)
+    return config
+
+
+def _final_params(workdir):
+    checkpointer = checkpoint_lib.Checkpointer(workdir)
+    return checkpointer.restore_raw(checkpointer.latest_step())["params"]
+
+
+def _losses(workdir):
+    lines = (pathlib.Path(workdir) / "train_log.jsonl").read_text().splitlines()
+    return {record["step"]: record["loss"] for record in map(json.loads, lines)}
+
+
+@pytest.fixture(scope="module")
+def trained(corpus_root, tmp_path_factory):
+    """One uninterrupted tiny run on all 4 (fake) devices: (workdir, summary)."""
+    workdir = tmp_path_factory.mktemp("run")
+    return workdir, train.train_and_evaluate(_config(corpus_root), str(workdir))
+
+
+def test_run_writes_summary_checkpoints_and_events(trained):
+    workdir, summary = trained
+    on_disk = json.loads((workdir / "summary.json").read_text())
+    assert on_disk["steps"] == summary["steps"] == 12
+    assert on_disk["params"] > 0 and on_disk["wall_seconds"] > 0
+    assert set(on_disk["train"]) >= {"loss", "accuracy"} and np.isfinite(on_disk["train"]["loss"])
+    assert on_disk["throughput_utt_per_s"] > 0
+    trials = on_disk["eval"]["trials"]
+    assert set(trials) >= {"eer_percent", "min_dcf_p01", "min_dcf_p05", "num_trials"}
+    assert 0.0 <= trials["eer_percent"] <= 100.0 and trials["num_trials"] > 0
+    assert on_disk["data"]["bad_audio_skipped"] == 0
+    assert checkpoint_lib.Checkpointer(workdir).latest_step() == 12
+    assert list(workdir.glob("events.out.tfevents.*")), "no TensorBoard event file"
+    assert sorted(_losses(workdir)) == list(range(1, 13))
+
+
+def test_eval_and_extract_modes_use_the_checkpoint(trained, tmp_path):
+    workdir, summary = trained
+    config = _config(pathlib.Path(summary["config"]["data"]["synthetic"]["root"]))
+    report = commands.run("eval", config, str(workdir))
+    assert report["step"] == 12
+    assert report["eval"]["trials"]["eer_percent"] == pytest.approx(summary["eval"]["trials"]["eer_percent"])
+    wavs = sorted(pathlib.Path(config.data.synthetic.root, "test").rglob("*.wav"))[:3]
+    audio_list = tmp_path / "list.txt"
+    audio_list.write_text("\n".join(map(str, wavs)))
+    commands.run("extract", config, str(workdir), audio_list=str(audio_list), output=str(tmp_path / "e.npy"))
+    embeddings = np.load(tmp_path / "e.npy")
+    assert embeddings.shape == (3, config.model.embed_dim) and np.isfinite(embeddings).all()
+
+
+def test_one_device_and_four_devices_give_the_same_losses(corpus_root, tmp_path):
+    """The same global batch split over 4 devices or kept on 1: the same program, up to reduction order."""
+    assert len(jax.devices()) == 4
+    config = _config(corpus_root, num_epochs=2)
+    train.train_and_evaluate(config, str(tmp_path / "four"))
+    train.train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
+    four, one = _losses(tmp_path / "four"), _losses(tmp_path / "one")
+    assert sorted(one) == sorted(four) == list(range(1, 7))
+    np.testing.assert_allclose([one[s] for s in sorted(one)], [four[s] for s in sorted(one)], rtol=1e-4)
+
+
+def _write_cli_config(path, corpus_root, num_epochs):
+    path.write_text(f"from configs import tiny\n\n\ndef get_config():\n    config = tiny.get_config()\n"
+                    f"    config.data.synthetic.root = {str(corpus_root)!r}\n"
+                    f"    config.train.num_epochs = {num_epochs}\n    config.train.checkpoint_every_steps = 2\n"
+                    f"    return config\n")
+
+
+def _finished_steps(workdir):
+    ckpt = pathlib.Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.exists() else []
+
+
+def test_sigkill_then_rerun_resumes_and_matches_uninterrupted(corpus_root, tmp_path):
+    """Kill -9 mid-training, rerun the same command: it resumes and ends with the uninterrupted run's parameters."""
+    config_file = tmp_path / "cfg.py"
+    _write_cli_config(config_file, corpus_root, num_epochs=20)  # 60 steps, a checkpoint every 2
+    command = [sys.executable, "-m", "sv_jax.main", f"--config={config_file}", f"--workdir={tmp_path / 'killed'}"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not _finished_steps(tmp_path / "killed"):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _finished_steps(tmp_path / "killed")
+    assert proc.returncode == -signal.SIGKILL and killed_at and killed_at[-1] < 60, "not killed mid-training"
+
+    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
+    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert summary["steps"] == 60 and 0 < summary["resumed_from_step"] < 60
+
+    config = _config(corpus_root, num_epochs=20, checkpoint_every_steps=2)
+    train.train_and_evaluate(config, str(tmp_path / "straight"))
+    resumed, straight = _final_params(tmp_path / "killed"), _final_params(tmp_path / "straight")
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), resumed, straight)
+    assert sorted(_losses(tmp_path / "killed")) == list(range(1, 61))
+
+
+def test_corrupt_training_audio_is_named_or_skipped(corpus_root, tmp_path):
+    root = tmp_path / "corpus"
+    shutil.copytree(corpus_root, root)
+    bad = sorted((root / "train").rglob("*.wav"))[5]
+    bad.write_bytes(b"RIFF\x00\x00garbage, not a wave file")
+    config = _config(root, num_epochs=1)
+    with pytest.raises(ValueError, match=re.escape(str(bad))):
+        train.train_and_evaluate(config, str(tmp_path / "error"))
+    config.data.on_bad_audio = "skip"
+    summary = train.train_and_evaluate(config, str(tmp_path / "skip"))
+    assert summary["data"]["bad_audio_skipped"] == 1 and summary["data"]["bad_audio_files"] == [str(bad)]
+    assert summary["steps"] == 3
+
+
+def test_missing_data_directory_names_the_config_key(tmp_path):
+    config = tiny.get_config()
+    config.data.source = "voxceleb"
+    config.data.train_dir = str(tmp_path / "nowhere")
+    config.data.eval_dir = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="data.train_dir"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_trial_list_naming_missing_files_is_reported_before_training(corpus_root, tmp_path):
+    trials = tmp_path / "my_trials.txt"
+    trials.write_text("1 id00006/aaa/00001.wav id00006/aaa/00002.wav\n0 gone/x/1.wav id00007/bbb/00001.wav\n")
+    config = tiny.get_config()
+    config.data.source = "voxceleb"
+    config.data.train_dir = str(corpus_root / "train")
+    config.data.eval_dir = str(corpus_root / "test")
+    config.data.trials = str(trials)
+    with pytest.raises(FileNotFoundError, match="my_trials") as error:
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert "gone/x/1.wav" in str(error.value)
+
+
+def test_cli_rejects_unknown_config_key_and_model_name(tmp_path):
+    base = [sys.executable, "-m", "sv_jax.main", "--config=configs/tiny.py", f"--workdir={tmp_path}"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run(base + ["--config.model.widht=8"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "widht" in result.stderr
+    result = subprocess.run(base + ["--mode=describe", "--config.model.name=ResNet35"], cwd=REPO, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "unknown model.name 'ResNet35'" in result.stderr
