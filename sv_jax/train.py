@@ -139,33 +139,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     progress = reporting.Progress(total_steps, global_batch, start_step)
     train_log = reporting.TrainLog(workdir, enabled=process_index == 0, resume_step=start_step)
     pending, last_metrics = [], {}
-    eval_results = {}
 
-    def checkpoint(step):
-        checkpointer.save(step, state, {"next_position": next_position, "step": step})
+    def flush_metrics(step) -> dict:
+        """The one host sync of a log interval; it runs before every checkpoint, so NaN is never saved."""
+        history = jax.device_get(pending)
+        pending.clear()
+        _check_finite(history, step - len(history))
+        means = {k: float(np.mean([m[k] for m in history])) for k in ("loss", "accuracy")}
+        means.update(lr=float(history[-1]["lr"]), margin=float(history[-1]["margin"]))
+        rates = progress.update(step, len(history))
+        writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()} | rates)
+        log.info(progress.line(step, means))
+        train_log.append({"step": step, **means, **rates})
+        return means
 
-    for step in range(start_step + 1, total_steps + 1):
-        batch = next(batches)
-        next_position = int(batch.pop("index")[-1]) + 1
-        state, metrics = p_train_step(state, parallel.shard_batch(batch, mesh))
-        pending.append(metrics)
-        is_last = step == total_steps
-        if step % config.train.log_every_steps == 0 or is_last or step % config.train.checkpoint_every_steps == 0:
-            history = jax.device_get(pending)  # the one host sync of a log interval
-            _check_finite(history, step - len(history))
-            last_metrics = {k: float(np.mean([m[k] for m in history])) for k in ("loss", "accuracy")}
-            last_metrics.update(lr=float(history[-1]["lr"]), margin=float(history[-1]["margin"]))
-            pending = []
-            rates = progress.update(step, len(history))
-            writer.write_scalars(step, {f"train/{k}": v for k, v in last_metrics.items()} | rates)
-            log.info(progress.line(step, last_metrics))
-            train_log.append({"step": step, **last_metrics, **rates})
-        if step % config.train.checkpoint_every_steps == 0 or is_last:
-            checkpoint(step)
-        if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 and not is_last:
-            eval_results = evaluation.evaluate(embedder, state.variables, config, data)
-            writer.write_scalars(step, reporting.eval_scalars(eval_results))
-    checkpointer.close()
+    try:
+        for step in range(start_step + 1, total_steps + 1):
+            batch = next(batches)
+            next_position = int(batch.pop("index")[-1]) + 1
+            state, metrics = p_train_step(state, parallel.shard_batch(batch, mesh))
+            pending.append(metrics)
+            is_last = step == total_steps
+            is_checkpoint = step % config.train.checkpoint_every_steps == 0 or is_last
+            if step % config.train.log_every_steps == 0 or is_checkpoint:
+                last_metrics = flush_metrics(step)
+            if is_checkpoint:
+                checkpointer.save(step, state, {"next_position": next_position, "step": step})
+            if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 and not is_last:
+                writer.write_scalars(step, reporting.eval_scalars(
+                    evaluation.evaluate(embedder, state.variables, config, data)))
+    finally:
+        checkpointer.close()  # waits for an in-flight save, also when the loop fails
 
     eval_results = evaluation.evaluate(embedder, state.variables, config, data)
     writer.write_scalars(int(state.step), reporting.eval_scalars(eval_results))
