@@ -44,14 +44,8 @@ def resolve_data(data_config, workdir: str | pathlib.Path, need_train: bool = Tr
         raise ValueError(f"unknown data.source {data_config.source!r}; choose one of {list(SOURCES)}")
     if data_config.source == "synthetic":
         from data_pipeline import synthetic  # pylint: disable=import-outside-toplevel
-        syn = data_config.synthetic
-        root = pathlib.Path(syn.root) if syn.root else pathlib.Path(workdir) / "synthetic"
-        spec = synthetic.CorpusSpec(
-            num_train_speakers=syn.num_train_speakers, num_test_speakers=syn.num_test_speakers,
-            utts_per_train_speaker=syn.utts_per_train_speaker, utts_per_test_speaker=syn.utts_per_test_speaker,
-            min_seconds=syn.min_seconds, max_seconds=syn.max_seconds, sample_rate=data_config.sample_rate,
-            seed=syn.seed)
-        corpus = synthetic.generate_corpus(root, spec)
+        root = data_config.synthetic.root or pathlib.Path(workdir) / "synthetic"
+        corpus = synthetic.generate_corpus(root, synthetic_spec(data_config))
         train_dir, eval_root, trial_paths = corpus.train_dir, corpus.test_dir, [corpus.trials]
     else:
         train_dir = _existing(data_config.train_dir, "data.train_dir") if need_train else None
@@ -69,6 +63,17 @@ def resolve_data(data_config, workdir: str | pathlib.Path, need_train: bool = Tr
         log.info("train: %d utterances of %d speakers in %s; trials: %s", len(train), train.num_speakers,
                      train_dir, ", ".join(f"{t.name} ({len(t)})" for t in trials))
     return DataSources(train=train, eval_root=pathlib.Path(eval_root), trials=trials)
+
+
+def synthetic_spec(data_config):
+    """The built-in corpus that `data.synthetic` describes."""
+    from data_pipeline import synthetic  # pylint: disable=import-outside-toplevel
+    syn = data_config.synthetic
+    return synthetic.CorpusSpec(
+        num_train_speakers=syn.num_train_speakers, num_test_speakers=syn.num_test_speakers,
+        utts_per_train_speaker=syn.utts_per_train_speaker, utts_per_test_speaker=syn.utts_per_test_speaker,
+        min_seconds=syn.min_seconds, max_seconds=syn.max_seconds, sample_rate=data_config.sample_rate,
+        seed=syn.seed)
 
 
 def fbank_config(data_config):

@@ -17,6 +17,7 @@ import pytest
 from configs import tiny
 from sv_jax import checkpoint as checkpoint_lib
 from sv_jax import commands, train
+from sv_jax import input as input_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,13 +26,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def corpus_root(tmp_path_factory):
     """The tiny corpus, generated once for this module (configs point at it)."""
     from data_pipeline import synthetic
-    config = tiny.get_config()
-    syn = config.data.synthetic
     root = tmp_path_factory.mktemp("corpus") / "synthetic"
-    synthetic.generate_corpus(root, synthetic.CorpusSpec(
-        num_train_speakers=syn.num_train_speakers, num_test_speakers=syn.num_test_speakers,
-        utts_per_train_speaker=syn.utts_per_train_speaker, utts_per_test_speaker=syn.utts_per_test_speaker,
-        min_seconds=syn.min_seconds, max_seconds=syn.max_seconds, seed=syn.seed), num_workers=1)
+    synthetic.generate_corpus(root, input_lib.synthetic_spec(tiny.get_config().data), num_workers=1)
     return root
 
 
