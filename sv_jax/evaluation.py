@@ -43,7 +43,8 @@ class Embedder:
             rows = parallel.round_up(max(1, batch_frames // length), self.mesh.size)
             count = len(batch["index"])
             padded = parallel.pad_rows({"feats": batch["feats"], "lengths": batch["lengths"]}, rows)
-            padded["lengths"][count:] = length  # dummy rows: any non-zero length avoids 0/0 in pooling
+            if count < rows:
+                padded["lengths"][count:] = length  # dummy rows: any non-zero length avoids 0/0 in pooling
             sharded = parallel.shard_batch(padded, self.mesh)
             outputs.append((batch["index"], self._embed(variables, sharded["feats"], sharded["lengths"]), count))
         embeddings = None
