@@ -21,7 +21,7 @@ import stat
 import numpy as np
 import soundfile
 
-_RESAMPLE_HINT = "resample it first (python -m data_pipeline.prepare)"
+_RESAMPLE_HINT = "resample it first (e.g. sox in.wav -r 16000 out.wav)"
 
 
 class BadAudioError(ValueError):
@@ -109,6 +109,13 @@ def audio_info(path) -> AudioInfo:
     return _info(path, handle)
 
 
+def check_sample_rate(info: AudioInfo, path, sample_rate: int) -> None:
+    """BadAudioError naming the file if its rate is not `sample_rate` (features assume one rate)."""
+    if info.sample_rate != sample_rate:
+        raise BadAudioError(path, f"sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz; "
+                                  f"{_RESAMPLE_HINT}")
+
+
 def load_audio(path, sample_rate: int = 16000, *, start: int = 0, num_samples: int = -1) -> np.ndarray:
     """Samples [start, start + num_samples) of channel 0 as float32 [n]; num_samples=-1 reads to the end.
 
@@ -128,9 +135,7 @@ def load_audio(path, sample_rate: int = 16000, *, start: int = 0, num_samples: i
         raise BadAudioError(path, f"cannot open as audio: {e}") from e
     with handle:
         info = _info(path, handle)
-        if info.sample_rate != sample_rate:
-            raise BadAudioError(path, f"sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz; "
-                                      f"{_RESAMPLE_HINT}")
+        check_sample_rate(info, path, sample_rate)
         stop = info.num_samples if num_samples == -1 else start + num_samples
         if start > info.num_samples or stop > info.num_samples:
             raise ValueError(f"{path}: requested samples [{start}, {stop}) but the file has "

@@ -86,10 +86,7 @@ def _check_on_bad_audio(on_bad_audio: str) -> None:
 def random_chunk(path: str, num_samples: int, rng: np.random.Generator, sample_rate: int) -> np.ndarray:
     """A random `num_samples` window of the file; shorter audio is repeated to length (as WeSpeaker does)."""
     info = audio_lib.audio_info(path)
-    if info.sample_rate != sample_rate:
-        raise audio_lib.BadAudioError(
-            path, f"sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz; resample it first "
-                  f"(python -m data_pipeline.prepare)")
+    audio_lib.check_sample_rate(info, path, sample_rate)
     if info.num_samples >= num_samples:
         start = int(rng.integers(0, info.num_samples - num_samples + 1))
         return audio_lib.load_audio(path, sample_rate, start=start, num_samples=num_samples)
@@ -180,10 +177,6 @@ def create_eval_dataset(paths: Sequence[str], *, fbank: FbankConfig = FbankConfi
 
     def read(path_bytes):
         path_str = path_bytes.decode()
-        info = audio_lib.audio_info(path_str)
-        if info.sample_rate != fbank.sample_rate:
-            raise audio_lib.BadAudioError(path_str, f"sample rate is {info.sample_rate} Hz, expected "
-                                                    f"{fbank.sample_rate} Hz; resample it first")
         wav = audio_lib.load_audio(path_str, fbank.sample_rate)
         if len(wav) < min_samples:
             raise audio_lib.BadAudioError(path_str, f"only {len(wav)} samples, shorter than one frame")
@@ -214,8 +207,9 @@ class PipelineError(ValueError):
     """A failure inside the tf.data pipeline, re-raised with the message of its cause (e.g. the bad file)."""
 
 
-def numpy_batches(ds: tf.data.Dataset):
-    """Iterates a dataset as numpy dicts; an error raised while reading audio surfaces with its own message."""
+def numpy_batches(ds: tf.data.Dataset, hint: str = ""):
+    """Iterates a dataset as numpy dicts; an error raised while reading audio surfaces with its own message
+    (plus `hint`, e.g. how to skip bad files in training)."""
     iterator = ds.as_numpy_iterator()
     while True:
         try:
@@ -229,6 +223,5 @@ def numpy_batches(ds: tf.data.Dataset):
                 if marker in message:
                     message = message.split(marker, 1)[1].split("\n", 1)[0]
                     break
-            hint = "" if "on_bad_audio" in message else " (set data.on_bad_audio='skip' to skip bad files)"
             raise PipelineError(message + hint) from None
         yield batch

@@ -93,7 +93,7 @@ def train_batches(data_config, train: manifest_lib.Manifest, *, batch_size: int,
         fbank=fbank_config(data_config), start_index=start_index, on_bad_audio=data_config.on_bad_audio,
         bad_audio_log=bad_audio_log, process_index=process_index, process_count=process_count,
         prefetch_batches=data_config.prefetch_batches)
-    return input_pipeline.numpy_batches(ds)
+    return input_pipeline.numpy_batches(ds, hint=" (data.on_bad_audio='skip' skips such files)")
 
 
 def eval_batches(data_config, eval_config, paths):

@@ -143,8 +143,7 @@ def test_wrong_sample_rate(tmp_path):
     assert audio_info(path).sample_rate == 8000  # info does not judge the rate
     with pytest.raises(BadAudioError) as err:
         load_audio(path)
-    assert str(err.value) == (f"{path}: sample rate is 8000 Hz, expected 16000 Hz; "
-                              "resample it first (python -m data_pipeline.prepare)")
+    assert str(err.value).startswith(f"{path}: sample rate is 8000 Hz, expected 16000 Hz; resample it first")
     assert load_audio(path, sample_rate=8000).size == 8000
 
 
