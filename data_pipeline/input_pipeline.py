@@ -159,11 +159,6 @@ def create_train_dataset(paths: Sequence[str], labels: Sequence[int], *, batch_s
     return ds.with_options(options).prefetch(prefetch_batches)
 
 
-def bucket_length(num_frames: int, bucket_frames: int) -> int:
-    """Padded length of an utterance's bucket: the next multiple of `bucket_frames`."""
-    return -(-num_frames // bucket_frames) * bucket_frames
-
-
 def create_eval_dataset(paths: Sequence[str], *, fbank: FbankConfig = FbankConfig(), bucket_frames: int = 200,
                         batch_frames: int = 16000, num_parallel_calls: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
     """Whole utterances, no dither, grouped by length into padded batches.

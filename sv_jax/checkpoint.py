@@ -29,9 +29,6 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def all_steps(self) -> list[int]:
-        return list(self._manager.all_steps())
-
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Starts an asynchronous save; the next save or `close` waits for it."""
         self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -51,9 +48,6 @@ class Checkpointer:
     def restore_raw(self, step: int) -> dict:
         """The saved state of `step` as a plain tree of arrays (for inference: no optimizer needed)."""
         return self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-
-    def wait(self) -> None:
-        self._manager.wait_until_finished()
 
     def close(self) -> None:
         self._manager.wait_until_finished()

@@ -42,10 +42,10 @@ class Embedder:
             # One row count per bucket (rounded to the device count) keeps the number of compiled shapes small.
             rows = parallel.round_up(max(1, batch_frames // length), self.mesh.size)
             count = len(batch["index"])
-            padded = parallel.pad_rows({"feats": batch["feats"], "lengths": batch["lengths"]}, rows)
-            if count < rows:
-                padded["lengths"][count:] = length  # dummy rows: any non-zero length avoids 0/0 in pooling
-            sharded = parallel.shard_batch(padded, self.mesh)
+            feats = parallel.pad_rows({"feats": batch["feats"]}, rows)["feats"]
+            # Dummy rows get a non-zero length so their (discarded) pooling does not divide 0 by 0.
+            lengths = np.concatenate([batch["lengths"], np.full(rows - count, length, batch["lengths"].dtype)])
+            sharded = parallel.shard_batch({"feats": feats, "lengths": lengths}, self.mesh)
             outputs.append((batch["index"], self._embed(variables, sharded["feats"], sharded["lengths"]), count))
         embeddings = None
         for index, emb, count in outputs:

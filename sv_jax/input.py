@@ -65,6 +65,12 @@ def resolve_data(data_config, workdir: str | pathlib.Path, need_train: bool = Tr
     return DataSources(train=train, eval_root=pathlib.Path(eval_root), trials=trials)
 
 
+def _pipeline():
+    """data_pipeline.input_pipeline, imported on first use: it brings in TensorFlow."""
+    from data_pipeline import input_pipeline  # pylint: disable=import-outside-toplevel
+    return input_pipeline
+
+
 def synthetic_spec(data_config):
     """The built-in corpus that `data.synthetic` describes."""
     from data_pipeline import synthetic  # pylint: disable=import-outside-toplevel
@@ -77,8 +83,7 @@ def synthetic_spec(data_config):
 
 
 def fbank_config(data_config):
-    from data_pipeline import input_pipeline  # pylint: disable=import-outside-toplevel
-    return input_pipeline.FbankConfig(
+    return _pipeline().FbankConfig(
         sample_rate=data_config.sample_rate, num_mel_bins=data_config.num_mel_bins,
         frame_length_ms=data_config.frame_length_ms, frame_shift_ms=data_config.frame_shift_ms,
         window_type=data_config.window_type, dither=data_config.dither)
@@ -87,7 +92,7 @@ def fbank_config(data_config):
 def train_batches(data_config, train: manifest_lib.Manifest, *, batch_size: int, seed: int, start_index: int,
                   bad_audio_log, process_index: int = 0, process_count: int = 1):
     """Iterator of numpy training batches (this process's `batch_size` rows), from stream position start_index."""
-    from data_pipeline import input_pipeline  # pylint: disable=import-outside-toplevel
+    input_pipeline = _pipeline()
     ds = input_pipeline.create_train_dataset(
         train.paths, train.labels, batch_size=batch_size, num_frames=data_config.num_frames, seed=seed,
         fbank=fbank_config(data_config), start_index=start_index, on_bad_audio=data_config.on_bad_audio,
@@ -97,7 +102,7 @@ def train_batches(data_config, train: manifest_lib.Manifest, *, batch_size: int,
 
 
 def eval_batches(data_config, eval_config, paths):
-    from data_pipeline import input_pipeline  # pylint: disable=import-outside-toplevel
+    input_pipeline = _pipeline()
     ds = input_pipeline.create_eval_dataset(paths, fbank=fbank_config(data_config),
                                             bucket_frames=eval_config.bucket_frames,
                                             batch_frames=eval_config.batch_frames)
@@ -105,5 +110,4 @@ def eval_batches(data_config, eval_config, paths):
 
 
 def new_bad_audio_log():
-    from data_pipeline import input_pipeline  # pylint: disable=import-outside-toplevel
-    return input_pipeline.BadAudioLog()
+    return _pipeline().BadAudioLog()

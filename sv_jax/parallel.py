@@ -6,7 +6,7 @@ cross-device reductions, so BatchNorm statistics and the loss are those of the g
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import jax
 import numpy as np
@@ -54,7 +54,3 @@ def pad_rows(arrays: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarra
 
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
-
-
-def tree_bytes(tree: Any) -> int:
-    return sum(int(x.size) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))

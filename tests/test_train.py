@@ -77,6 +77,11 @@ def test_eval_and_extract_modes_use_the_checkpoint(trained, tmp_path):
     report = commands.run("eval", config, str(workdir))
     assert report["step"] == 12
     assert report["eval"]["trials"]["eer_percent"] == pytest.approx(summary["eval"]["trials"]["eer_percent"])
+    # One 200-frame bucket in batches of 4 utterances: full batches (no padding rows) on the 4 devices, and
+    # different padding than above; the scores must not change.
+    config.eval.bucket_frames, config.eval.batch_frames = 200, 800
+    small = commands.run("eval", config, str(workdir))
+    assert small["eval"]["trials"] == pytest.approx(report["eval"]["trials"], rel=1e-5, abs=1e-5)
     wavs = sorted(pathlib.Path(config.data.synthetic.root, "test").rglob("*.wav"))[:3]
     audio_list = tmp_path / "list.txt"
     audio_list.write_text("\n".join(map(str, wavs)))
