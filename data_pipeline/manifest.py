@@ -42,11 +42,13 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "Manifest",
     "Trials",
+    "VOX1_LIST_NAMES",
     "check_trial_files",
     "parse_trial_paths",
     "read_list",
     "read_trials",
     "scan_dir",
+    "trial_list_name",
     "write_list",
 ]
 
@@ -275,7 +277,8 @@ class Trials:
     """A verification trial list.
 
     Attributes:
-      name: the file's stem (e.g. ``vox1_O_cleaned``), used in metric names.
+      name: used in metric names: the file's stem (e.g. ``vox1_O_cleaned``), except that the official VoxCeleb1
+        files are renamed as WeSpeaker does (``veri_test2.txt`` -> ``vox1_O_cleaned``; see VOX1_LIST_NAMES).
       path: the list file.
       enroll: enrollment utterance key per trial, as written in the list (VoxCeleb: relative paths).
       test: test utterance key per trial.
@@ -378,8 +381,19 @@ def read_trials(path) -> Trials:
             labels.append(label)
     if not labels:
         raise ValueError(f"Trial list {str(path)!r} contains no trials")
-    return Trials(name=path.stem, path=path, enroll=tuple(enroll), test=tuple(test),
+    return Trials(name=trial_list_name(path), path=path, enroll=tuple(enroll), test=tuple(test),
                   labels=np.asarray(labels, dtype=np.int8))
+
+
+# The official VoxCeleb1 list files, by the names WeSpeaker's recipe gives them (the '2' lists are the cleaned ones).
+VOX1_LIST_NAMES = {"veri_test": "vox1_O", "veri_test2": "vox1_O_cleaned", "list_test_all": "vox1_E",
+                   "list_test_all2": "vox1_E_cleaned", "list_test_hard": "vox1_H", "list_test_hard2": "vox1_H_cleaned"}
+
+
+def trial_list_name(path) -> str:
+    """A trial list's name in metrics: the official VoxCeleb1 files map to vox1_O/E/H[_cleaned]; others: the stem."""
+    stem = pathlib.Path(path).stem
+    return VOX1_LIST_NAMES.get(stem, stem)
 
 
 def check_trial_files(trials: Trials, root) -> None:

@@ -145,6 +145,16 @@ def test_read_voxceleb_trials(tmp_path):
     assert len(t.utterances) == 5
 
 
+@pytest.mark.parametrize("file_name, name", [
+    ("veri_test2.txt", "vox1_O_cleaned"), ("list_test_all2.txt", "vox1_E_cleaned"),
+    ("list_test_hard2.txt", "vox1_H_cleaned"), ("veri_test.txt", "vox1_O"), ("list_test_hard.txt", "vox1_H"),
+    ("vox1_E_cleaned.kaldi", "vox1_E_cleaned"), ("my_trials.txt", "my_trials")])
+def test_official_vox1_list_files_get_wespeaker_names(tmp_path, file_name, name):
+    path = tmp_path / file_name
+    path.write_text(VOX_TRIALS)
+    assert mf.read_trials(path).name == name
+
+
 def test_read_kaldi_trials(tmp_path):
     path = tmp_path / "trials"
     path.write_text(KALDI_TRIALS)
