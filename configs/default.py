@@ -17,6 +17,8 @@ def get_config():
     config.data = data = ml_collections.ConfigDict()
     data.source = "voxceleb"  # 'voxceleb' (paths below) | 'synthetic' (built-in corpus, generated on first use)
     data.train_dir = ""  # VoxCeleb2 dev wav tree: <speaker>/<video>/<utt>.wav, 16 kHz mono
+    data.train_shards = ""  # shards written from train_dir (python -m data_pipeline.shards): read instead of files
+    data.shuffle_buffer = 2500  # records in the local shuffle buffer when reading shards (WeSpeaker: 2500)
     data.eval_dir = ""  # root the trial lists' paths are relative to (VoxCeleb1 wav tree)
     data.trials = ""  # one or more trial lists, comma-separated; each is named by its file stem
     data.sample_rate = 16000  # Hz; audio at another rate is an error (resample first)
@@ -27,6 +29,13 @@ def get_config():
     data.frame_shift_ms = 10.0
     data.window_type = "hamming"
     data.dither = 1.0  # training only; evaluation extracts with dither 0
+    data.speed_perturb = True  # speeds 0.9/1.0/1.1, perturbed copies are new classes (speakers x 3)
+    data.aug_prob = 0.6  # probability of one augmentation per training chunk: RIR reverb or one MUSAN noise
+    data.rir_dir = ""  # RIRS_NOISES/simulated_rirs (any tree of wavs); '' = no reverb
+    data.musan_dir = ""  # MUSAN root with noise/, speech/, music/; '' = no additive noise
+    data.snr_noise_db = (0.0, 15.0)  # SNR range per MUSAN category (WeSpeaker's)
+    data.snr_speech_db = (10.0, 30.0)
+    data.snr_music_db = (5.0, 15.0)
     data.prefetch_batches = 2  # batches tf.data prepares ahead of the accelerator
     data.on_bad_audio = "error"  # 'error': stop naming the file | 'skip': log it once, count it, go on
     data.synthetic = synthetic = ml_collections.ConfigDict()  # used when source == 'synthetic'

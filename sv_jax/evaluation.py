@@ -8,6 +8,7 @@ embeddings as the cohort (`eval.as_norm`). The scoring itself lives in sv_jax.me
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 import time
@@ -34,8 +35,10 @@ class Embedder:
                               in_shardings=(replicated, sharded, sharded), out_shardings=replicated)
 
     def __call__(self, variables, batches: Iterable[Mapping[str, np.ndarray]], num_utts: int,
-                 batch_frames: int) -> np.ndarray:
-        """Embeddings [num_utts, D] from batches of {'feats', 'lengths', 'index'} (index into the output)."""
+                 batch_frames: int, allow_missing: bool = False) -> np.ndarray:
+        """Embeddings [num_utts, D] from batches of {'feats', 'lengths', 'index'} (index into the output).
+
+        Rows no batch provided are NaN with `allow_missing` (files skipped as bad audio), otherwise an error."""
         outputs = []
         for batch in batches:
             length = batch["feats"].shape[1]
@@ -53,27 +56,42 @@ class Embedder:
             if embeddings is None:
                 embeddings = np.full((num_utts, emb.shape[-1]), np.nan, np.float32)
             embeddings[index] = emb
-        if embeddings is None or np.isnan(embeddings).any():
+        if embeddings is None:
+            if not allow_missing:
+                raise RuntimeError("the evaluation pipeline produced no embeddings")
+            # Every file was skipped: the width is unknown, and nothing can be scored anyway.
+            raise RuntimeError(f"all {num_utts} evaluation files were skipped as bad audio")
+        if not allow_missing and np.isnan(embeddings).any():
             raise RuntimeError("the evaluation pipeline did not produce an embedding for every utterance")
         return embeddings
 
 
-def embed_files(embedder: Embedder, variables, config, paths) -> np.ndarray:
+def embed_files(embedder: Embedder, variables, config, paths, bad_audio_log=None) -> np.ndarray:
+    """Embeddings [len(paths), D]; rows of files skipped under data.on_bad_audio='skip' are NaN."""
     start = time.perf_counter()
     paths = [str(p) for p in paths]
-    embeddings = embedder(variables, input_lib.eval_batches(config.data, config.eval, paths), len(paths),
-                          config.eval.batch_frames)
+    embeddings = embedder(variables, input_lib.eval_batches(config.data, config.eval, paths, bad_audio_log),
+                          len(paths), config.eval.batch_frames, allow_missing=config.data.on_bad_audio == "skip")
     log.info("embedded %d utterances in %.1f s", len(paths), time.perf_counter() - start)
     return embeddings
 
 
+def _present(embeddings: np.ndarray) -> np.ndarray:
+    return ~np.isnan(embeddings).any(axis=1)
+
+
 def _training_statistics(embedder, variables, config, train) -> tuple[np.ndarray, np.ndarray]:
     """Mean embedding and per-speaker mean embeddings (the AS-norm cohort) of a seeded sample of training data."""
+    if not pathlib.Path(train.root).is_dir():
+        raise FileNotFoundError(
+            f"the training audio {train.root} (embedded for eval.subtract_mean / eval.as_norm) does not exist: "
+            f"set data.train_dir to the tree the shards were written from, or turn both options off")
     rng = np.random.default_rng(config.seed)
     count = min(config.eval.num_train_utts, len(train))
     chosen = np.sort(rng.choice(len(train), size=count, replace=False))
     embeddings = embed_files(embedder, variables, config, [train.paths[i] for i in chosen])
     labels = train.labels[chosen]
+    embeddings, labels = embeddings[_present(embeddings)], labels[_present(embeddings)]
     speakers = np.unique(labels)
     cohort = np.stack([embeddings[labels == s].mean(axis=0) for s in speakers])
     return embeddings.mean(axis=0), cohort
@@ -82,15 +100,29 @@ def _training_statistics(embedder, variables, config, train) -> tuple[np.ndarray
 def evaluate(embedder: Embedder, variables, config, data: input_lib.DataSources) -> dict:
     """{trial-list name: verification metrics}, plus '<name>_asnorm' entries when eval.as_norm is set."""
     utterances = sorted({u for trials in data.trials for u in trials.utterances})
-    embeddings = embed_files(embedder, variables, config, [pathlib.Path(data.eval_root) / u for u in utterances])
-    by_key = dict(zip(utterances, embeddings))
+    bad_audio_log = input_lib.new_bad_audio_log()
+    embeddings = embed_files(embedder, variables, config, [pathlib.Path(data.eval_root) / u for u in utterances],
+                             bad_audio_log)
+    by_key = {u: e for u, e, ok in zip(utterances, embeddings, _present(embeddings)) if ok}
     mean = cohort = None
     if (config.eval.subtract_mean or config.eval.as_norm) and data.train is not None:
         mean, cohort = _training_statistics(embedder, variables, config, data.train)
     results = {}
     for trials in data.trials:
+        skipped = 0
+        if len(by_key) < len(utterances):  # data.on_bad_audio='skip' left files out: score the trials left
+            keep = np.fromiter((e in by_key and t in by_key for e, t in zip(trials.enroll, trials.test)), bool,
+                               count=len(trials))
+            skipped = int(len(trials) - keep.sum())
+            trials = dataclasses.replace(trials, enroll=tuple(u for u, k in zip(trials.enroll, keep) if k),
+                                         test=tuple(u for u, k in zip(trials.test, keep) if k),
+                                         labels=trials.labels[keep])
+            log.warning("%s: %d trials left out, they use skipped bad audio (%d files)", trials.name, skipped,
+                        bad_audio_log.count)
         scores = metrics.score_trials(by_key, trials, mean=mean if config.eval.subtract_mean else None)
         results[trials.name] = metrics.verification_metrics(scores, trials.labels)
+        if skipped:
+            results[trials.name]["skipped_trials"] = skipped
         if config.eval.as_norm:
             normed = metrics.as_norm_trials(scores, by_key, trials, cohort, top_k=config.eval.as_norm_top_k,
                                             mean=mean if config.eval.subtract_mean else None)

@@ -20,13 +20,18 @@ SOURCES = ("synthetic", "voxceleb")
 
 @dataclasses.dataclass(frozen=True)
 class DataSources:
-    train: manifest_lib.Manifest
+    """What a run reads: the training utterances (from files or shards), the trial lists and their audio root."""
+
+    train: manifest_lib.Manifest | None
     eval_root: pathlib.Path
     trials: tuple[manifest_lib.Trials, ...]
+    train_shards: object = None  # data_pipeline.shards.ShardSet when training reads shards
+    speed_perturb: bool = False
 
     @property
     def num_classes(self) -> int:
-        return self.train.num_speakers
+        """Training classes: speakers, times 3 with speed perturbation (WeSpeaker's perturbed copies)."""
+        return self.train.num_speakers * (3 if self.speed_perturb else 1)
 
 
 def _existing(path_str: str, key: str, kind: str = "directory") -> pathlib.Path:
@@ -48,21 +53,34 @@ def resolve_data(data_config, workdir: str | pathlib.Path, need_train: bool = Tr
         corpus = synthetic.generate_corpus(root, synthetic_spec(data_config))
         train_dir, eval_root, trial_paths = corpus.train_dir, corpus.test_dir, [corpus.trials]
     else:
-        train_dir = _existing(data_config.train_dir, "data.train_dir") if need_train else None
+        need_dir = need_train and not data_config.get("train_shards")
+        train_dir = _existing(data_config.train_dir, "data.train_dir") if need_dir else None
         eval_root = _existing(data_config.eval_dir, "data.eval_dir")
         trial_paths = manifest_lib.parse_trial_paths(data_config.trials)
         if not trial_paths:
             raise ValueError("config data.trials is empty: give one or more trial lists, comma-separated")
         for path in trial_paths:
             _existing(str(path), "data.trials", "trial list")
-    train = manifest_lib.scan_dir(train_dir) if train_dir is not None else None
+    shard_set = None
+    if need_train and data_config.get("train_shards"):
+        from data_pipeline import shards  # pylint: disable=import-outside-toplevel
+        shard_set = shards.read_index(_existing(data_config.train_shards, "data.train_shards"))
+        # utterances.list names the source tree; data.train_dir, when set, says where it is on this machine.
+        train = shard_set.manifest(source_root=data_config.train_dir or None)
+    else:
+        train = manifest_lib.scan_dir(train_dir) if train_dir is not None else None
     trials = tuple(manifest_lib.read_trials(p) for p in trial_paths)
+    names = [t.name for t in trials]
+    if len(set(names)) != len(names):
+        raise ValueError(f"config data.trials: two lists share a name ({', '.join(names)}); metrics are keyed "
+                         f"by it, rename one file")
     for trial_list in trials:
         manifest_lib.check_trial_files(trial_list, eval_root)
     if train is not None:
         log.info("train: %d utterances of %d speakers in %s; trials: %s", len(train), train.num_speakers,
                      train_dir, ", ".join(f"{t.name} ({len(t)})" for t in trials))
-    return DataSources(train=train, eval_root=pathlib.Path(eval_root), trials=trials)
+    return DataSources(train=train, eval_root=pathlib.Path(eval_root), trials=trials, train_shards=shard_set,
+                       speed_perturb=bool(data_config.get("speed_perturb", False)))
 
 
 def _pipeline():
@@ -89,24 +107,42 @@ def fbank_config(data_config):
         window_type=data_config.window_type, dither=data_config.dither)
 
 
-def train_batches(data_config, train: manifest_lib.Manifest, *, batch_size: int, seed: int, start_index: int,
+def augmenter(data_config, *, seed: int, bad_audio_log):
+    """The reverb / noise augmenter `data.rir_dir` and `data.musan_dir` describe, or None when both are empty."""
+    if not (data_config.rir_dir or data_config.musan_dir) or data_config.aug_prob <= 0.0:
+        return None
+    from data_pipeline import augment  # pylint: disable=import-outside-toplevel
+    return augment.Augmenter(
+        data_config.rir_dir, data_config.musan_dir, sample_rate=data_config.sample_rate,
+        aug_prob=data_config.aug_prob, seed=seed, on_bad_audio=data_config.on_bad_audio,
+        bad_audio_log=bad_audio_log, snr_db={"noise": tuple(data_config.snr_noise_db),
+                                             "speech": tuple(data_config.snr_speech_db),
+                                             "music": tuple(data_config.snr_music_db)})
+
+
+def train_batches(data_config, data: DataSources, *, batch_size: int, seed: int, start_index: int,
                   bad_audio_log, process_index: int = 0, process_count: int = 1):
     """Iterator of numpy training batches (this process's `batch_size` rows), from stream position start_index."""
     input_pipeline = _pipeline()
     ds = input_pipeline.create_train_dataset(
-        train.paths, train.labels, batch_size=batch_size, num_frames=data_config.num_frames, seed=seed,
-        fbank=fbank_config(data_config), start_index=start_index, on_bad_audio=data_config.on_bad_audio,
-        bad_audio_log=bad_audio_log, process_index=process_index, process_count=process_count,
+        data.train, batch_size=batch_size, num_frames=data_config.num_frames, seed=seed,
+        fbank=fbank_config(data_config), shards=data.train_shards, speed_perturb=data.speed_perturb,
+        augmenter=augmenter(data_config, seed=seed, bad_audio_log=bad_audio_log), start_index=start_index,
+        on_bad_audio=data_config.on_bad_audio, bad_audio_log=bad_audio_log,
+        shuffle_buffer=data_config.shuffle_buffer, process_index=process_index, process_count=process_count,
         prefetch_batches=data_config.prefetch_batches)
     return input_pipeline.numpy_batches(ds, hint=" (data.on_bad_audio='skip' skips such files)")
 
 
-def eval_batches(data_config, eval_config, paths):
+def eval_batches(data_config, eval_config, paths, bad_audio_log=None):
+    """Padded whole-utterance batches; under data.on_bad_audio='skip' bad files are left out (and logged)."""
     input_pipeline = _pipeline()
     ds = input_pipeline.create_eval_dataset(paths, fbank=fbank_config(data_config),
                                             bucket_frames=eval_config.bucket_frames,
-                                            batch_frames=eval_config.batch_frames)
-    return input_pipeline.numpy_batches(ds)
+                                            batch_frames=eval_config.batch_frames,
+                                            on_bad_audio=data_config.on_bad_audio, bad_audio_log=bad_audio_log)
+    return input_pipeline.numpy_batches(ds, hint=" (data.on_bad_audio='skip' leaves such files and their trials "
+                                                 "out)")
 
 
 def new_bad_audio_log():

@@ -132,7 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
 
     # Loop.
     bad_audio_log = input_lib.new_bad_audio_log()
-    batches = input_lib.train_batches(config.data, data.train, batch_size=global_batch // process_count,
+    batches = input_lib.train_batches(config.data, data, batch_size=global_batch // process_count,
                                       seed=config.seed, start_index=next_position, bad_audio_log=bad_audio_log,
                                       process_index=process_index, process_count=process_count)
     writer = reporting.create_writer(workdir, enabled=process_index == 0)
@@ -170,6 +170,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                     evaluation.evaluate(embedder, state.variables, config, data)))
     finally:
         checkpointer.close()  # waits for an in-flight save, also when the loop fails
+        # Free the endless input iterator here, also when the loop fails: left to interpreter shutdown (e.g. held
+        # by a traceback), TF's map threads that call into Python can hang the exit (seen in a script that kept
+        # a speed-perturbed pipeline's iterator in a global).
+        batches.close()
 
     eval_results = evaluation.evaluate(embedder, state.variables, config, data)
     writer.write_scalars(int(state.step), reporting.eval_scalars(eval_results))
@@ -184,7 +188,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         "devices": [str(d) for d in mesh.devices.flat],
         "train": last_metrics,
         "throughput_utt_per_s": progress.steady_utt_per_s(),
-        "data": {"train_utterances": len(data.train), "speakers": data.num_classes,
+        "data": {"train_utterances": len(data.train), "speakers": data.train.num_speakers,
+                 "classes": data.num_classes, "source": str(data.train_shards.root if data.train_shards else
+                                                            data.train.root),
                  "bad_audio_skipped": bad_audio_log.count, "bad_audio_files": bad_audio_log.files[:100]},
         "eval": eval_results,
     }

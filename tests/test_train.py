@@ -139,7 +139,7 @@ def test_sigkill_then_rerun_resumes_and_matches_uninterrupted(corpus_root, tmp_p
     assert sorted(_losses(tmp_path / "killed")) == list(range(1, 61))
 
 
-def test_corrupt_training_audio_is_named_or_skipped(corpus_root, tmp_path):
+def test_corrupt_training_and_evaluation_audio_is_named_or_skipped(corpus_root, tmp_path):
     root = tmp_path / "corpus"
     shutil.copytree(corpus_root, root)
     bad = sorted((root / "train").rglob("*.wav"))[5]
@@ -147,10 +147,21 @@ def test_corrupt_training_audio_is_named_or_skipped(corpus_root, tmp_path):
     config = _config(root, num_epochs=1)
     with pytest.raises(ValueError, match=re.escape(str(bad))):
         train.train_and_evaluate(config, str(tmp_path / "error"))
+    bad_eval = sorted((root / "test").rglob("*.wav"))[2]
+    bad_eval.write_bytes(b"")
     config.data.on_bad_audio = "skip"
     summary = train.train_and_evaluate(config, str(tmp_path / "skip"))
     assert summary["data"]["bad_audio_skipped"] == 1 and summary["data"]["bad_audio_files"] == [str(bad)]
     assert summary["steps"] == 3
+    # Evaluation leaves out the trials that use the skipped file, and says how many.
+    key = str(bad_eval.relative_to(root / "test"))
+    trials = input_lib.resolve_data(config.data, str(tmp_path)).trials[0]
+    uses_bad = sum(key in (e, t) for e, t in zip(trials.enroll, trials.test))
+    assert uses_bad > 0 and summary["eval"]["trials"]["skipped_trials"] == uses_bad
+    assert summary["eval"]["trials"]["num_trials"] == len(trials) - uses_bad
+    config.data.on_bad_audio = "error"
+    with pytest.raises(ValueError, match=re.escape(str(bad_eval))):
+        commands.run("eval", config, str(tmp_path / "skip"))
 
 
 def test_missing_data_directory_names_the_config_key(tmp_path):
