@@ -1,7 +1,7 @@
 """Every sv_jax setting, with WeSpeaker's VoxCeleb2 ResNet recipe as the defaults.
 
 Other configs start from this one and change what differs. Fields are grouped by consumer (data, model, loss,
-optim, train, eval); units are in the names. Run with a model file, e.g.
+optim, train, eval, profile); units are in the names. Run with a model file, e.g.
 
     python -m sv_jax.main --config=configs/r34.py --config.data.train_dir=... --workdir=runs/r34
 """
@@ -97,4 +97,16 @@ def get_config():
     ev.as_norm = False  # also report adaptive s-norm scores ('<trials>_asnorm')
     ev.as_norm_top_k = 300
     ev.num_train_utts = 2000  # training utterances embedded for the mean and the AS-norm cohort
+
+    config.profile = profile = ml_collections.ConfigDict()  # what a run costs (profiling/; README "Cost")
+    profile.enabled = True  # FLOPs and memory of the compiled step, energy windows, carbon, in summary.json
+    profile.skip_steps = 5  # steps after each (re)start kept out of energy windows: compilation and warm-up
+    profile.window_steps = 100  # training steps per energy window (aim for >= 5 s per window)
+    profile.idle_seconds = 5.0  # idle power measured before training, to separate dynamic from static energy
+    profile.poll_interval_s = 0.1  # power-sampling period where a sensor has no energy counter
+    profile.trace_steps = ()  # steps traced with jax.profiler into <workdir>/trace, e.g. (20, 21, 22)
+    profile.intensity_g_per_kwh = 475.0  # grid carbon intensity (world average); see profile.country
+    profile.country = ""  # ISO code to use that grid's annual average instead (profiling/carbon.py table)
+    profile.pue = 1.0  # data-centre power usage effectiveness multiplying the measured energy
+    profile.peak_tflops = 0.0  # device peak for perf/mfu; 0 = look the device up (profiling/peaks.py)
     return config

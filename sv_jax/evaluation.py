@@ -97,6 +97,14 @@ def _training_statistics(embedder, variables, config, train) -> tuple[np.ndarray
     return embeddings.mean(axis=0), cohort
 
 
+def num_embedded(config, data: input_lib.DataSources) -> int:
+    """Utterances `evaluate` embeds: every trial utterance, plus the training sample for the mean / cohort."""
+    count = len({u for trials in data.trials for u in trials.utterances})
+    if (config.eval.subtract_mean or config.eval.as_norm) and data.train is not None:
+        count += min(config.eval.num_train_utts, len(data.train))
+    return count
+
+
 def evaluate(embedder: Embedder, variables, config, data: input_lib.DataSources) -> dict:
     """{trial-list name: verification metrics}, plus '<name>_asnorm' entries when eval.as_norm is set."""
     utterances = sorted({u for trials in data.trials for u in trials.utterances})

@@ -8,6 +8,7 @@ except when it logs, checkpoints or evaluates.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import pathlib
@@ -28,6 +29,10 @@ from sv_jax import models
 from sv_jax import optim
 from sv_jax import parallel
 from sv_jax import reporting
+from profiling import flops as flops_lib
+from profiling import hooks
+from profiling import memory as memory_lib
+from profiling import peaks
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,29 @@ def _check_finite(history: list[dict], first_step: int) -> None:
                 f"before it is kept (lower optim.initial_lr or check the input data)")
 
 
+def _profile_compiled(config, compiled_step, state, model, mesh, num_classes: int) -> dict:
+    """FLOPs (XLA's, per step and per utterance, with the analytic cross-check) and memory of the compiled step."""
+    global_batch = config.data.batch_size
+    cost = flops_lib.train_step_cost(config, compiled_step, global_batch, num_classes, mesh.size)
+    forward = flops_lib.forward_cost(model, state.variables, config.data.num_frames, config.data.num_mel_bins,
+                                     mesh)
+    peak, peak_source = peaks.peak_tflops(mesh.devices.flat[0].device_kind, config.model.dtype,
+                                          config.profile.peak_tflops)
+    profile = {
+        "train_step_flops": cost["flops"], "train_step_flops_per_utt": cost["flops"] / global_batch,
+        "train_step_bytes_accessed_per_utt": cost["bytes_accessed"] / global_batch,
+        "forward_flops_per_utt": forward["flops_per_utt"],
+        "forward_flops_per_utt_analytic": 2 * flops_lib.analytic_forward_macs(
+            config.model, config.data.num_frames, config.data.num_mel_bins, convention="real"),
+        "flops_source": cost.get("source", "xla"), "peak_tflops": peak, "peak_source": peak_source,
+        "memory": memory_lib.memory_from_compiled(compiled_step, state, batch_size=global_batch).to_dict(),
+    }
+    log.info("profile: %.3g GFLOP per training utterance (XLA), %.3g GFLOP forward (analytic %.3g)",
+             profile["train_step_flops_per_utt"] / 1e9, profile["forward_flops_per_utt"] / 1e9,
+             profile["forward_flops_per_utt_analytic"] / 1e9)
+    return profile
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
     """Trains (resuming from workdir's latest checkpoint), evaluates, writes summary.json; returns the summary."""
     # Set up.
@@ -113,11 +141,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     state = jax.jit(lambda rng: create_train_state(rng, model, tx, feat_shape),
                     out_shardings=replicated)(jax.random.key(config.seed))
 
-    # Step functions.
+    # Step functions, compiled ahead of time: the compiled step's FLOP count and memory are part of the profile.
+    batch_spec = {"feats": jax.ShapeDtypeStruct((global_batch, *feat_shape), jnp.float32, sharding=sharded),
+                  "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=sharded)}
     p_train_step = jax.jit(
         lambda s, b: train_step(s, b, model=model, tx=tx, learning_rate_fn=learning_rate_fn, margin_fn=margin_fn),
-        in_shardings=(replicated, sharded), out_shardings=(replicated, replicated), donate_argnums=0)
+        in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+        donate_argnums=0).lower(state, batch_spec).compile()
     embedder = evaluation.Embedder(model, mesh)
+    profile = _profile_compiled(config, p_train_step, state, model, mesh, data.num_classes) if config.profile.enabled \
+        else {}
 
     # Checkpoint restore.
     checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
@@ -136,6 +169,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                                       seed=config.seed, start_index=next_position, bad_audio_log=bad_audio_log,
                                       process_index=process_index, process_count=process_count)
     writer = reporting.create_writer(workdir, enabled=process_index == 0)
+    profiler = None
+    if config.profile.enabled:
+        profiler = hooks.RunProfiler(config.profile, workdir, global_batch=global_batch,
+                                     flops_per_step=profile.get("train_step_flops"),
+                                     peak_tflops=profile.get("peak_tflops"), writer=writer,
+                                     write_files=process_index == 0)
+        profiler.write_start(start_step, profile)
+        profiler.measure_idle()
     progress = reporting.Progress(total_steps, global_batch, start_step)
     train_log = reporting.TrainLog(workdir, enabled=process_index == 0, resume_step=start_step)
     pending, last_metrics = [], {}
@@ -157,8 +198,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         for step in range(start_step + 1, total_steps + 1):
             batch = next(batches)
             next_position = int(batch.pop("index")[-1]) + 1
+            if profiler:
+                profiler.before_step(step, pending[-1] if pending else state)
             state, metrics = p_train_step(state, parallel.shard_batch(batch, mesh))
             pending.append(metrics)
+            if profiler:
+                profiler.after_step(step, metrics)
             is_last = step == total_steps
             is_checkpoint = step % config.train.checkpoint_every_steps == 0 or is_last
             if step % config.train.log_every_steps == 0 or is_checkpoint:
@@ -166,8 +211,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
             if is_checkpoint:
                 checkpointer.save(step, state, {"next_position": next_position, "step": step})
             if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 and not is_last:
+                if profiler:
+                    profiler.pause(step, metrics)  # evaluation time is not training time
                 writer.write_scalars(step, reporting.eval_scalars(
                     evaluation.evaluate(embedder, state.variables, config, data)))
+        if profiler:
+            profiler.finish_training(int(state.step), state.step)
     finally:
         checkpointer.close()  # waits for an in-flight save, also when the loop fails
         # Free the endless input iterator here, also when the loop fails: left to interpreter shutdown (e.g. held
@@ -175,7 +224,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         # a speed-perturbed pipeline's iterator in a global).
         batches.close()
 
-    eval_results = evaluation.evaluate(embedder, state.variables, config, data)
+    with profiler.eval_window(evaluation.num_embedded(config, data)) if profiler else contextlib.nullcontext():
+        eval_results = evaluation.evaluate(embedder, state.variables, config, data)
     writer.write_scalars(int(state.step), reporting.eval_scalars(eval_results))
     writer.flush()
     summary = {
@@ -194,6 +244,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                  "bad_audio_skipped": bad_audio_log.count, "bad_audio_files": bad_audio_log.files[:100]},
         "eval": eval_results,
     }
+    if profiler:
+        summary["profile"] = profile | profiler.summary(total_steps_run=int(state.step))
+        profiler.close()
     if process_index == 0:
         (workdir_path / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     log.info("eval: %s", json.dumps(eval_results))

@@ -1,0 +1,186 @@
+"""Steady-state training and inference speed, achieved TFLOP/s, MFU and energy per step, on in-memory batches.
+
+    python -m profiling.benchmark --config=configs/r34.py --batch=128 [--dtype=bfloat16] [--json]
+
+No input pipeline and no TensorFlow: one random batch of the config's shape ([batch, num_frames, num_mel_bins],
+labels over the config's classes) is placed on the devices once and the compiled train step (the trainer's, with
+donated state) runs on it back to back. Compilation and `--warmup` steps are excluded; each timed block ends with a
+block on its outputs. Monitoring overhead is measured in the same run: blocks alternate between no monitor and the
+trainer's profiling hook (profiling.hooks.RunProfiler: a window every `profile.window_steps` steps, synchronised at
+its edges), and the difference of their median step times is reported. Inference is `model.embed` on [batch, num_frames] chunks.
+
+TFLOP/s use XLA's FLOP count of the compiled step (profiling.flops); MFU divides by the device's datasheet peak
+(profiling.peaks) for the compute dtype. Energy per step comes from the monitor's windows (NVML / RAPL); without a
+sensor it is reported as unavailable, with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from profiling import energy as energy_lib
+from profiling import flops as flops_lib
+from profiling import hooks
+from profiling import peaks
+from sv_jax import models, optim, parallel, train
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/r34.py", "an sv_jax config file", lock_config=True)
+_BATCH = flags.DEFINE_integer("batch", 128, "global batch (split over all local devices)")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "compute dtype (default: the config's)")
+_STEPS = flags.DEFINE_integer("steps", 40, "timed train steps per block")
+_BLOCKS = flags.DEFINE_integer("blocks", 3, "timed blocks per setting (monitor off / on, alternating)")
+_WARMUP = flags.DEFINE_integer("warmup", 5, "untimed steps after compilation")
+_NUM_CLASSES = flags.DEFINE_integer("num_classes", 5994 * 3, "ArcMargin classes (VoxCeleb2 dev x 3 speeds)")
+_JSON = flags.DEFINE_bool("json", False, "print one JSON object instead of a table")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkResult:
+    """Steady-state speed and cost of one configuration on this machine."""
+
+    model: str
+    dtype: str
+    batch: int
+    num_frames: int
+    devices: str
+    train_step_s: float  # mean seconds per train step, monitor off
+    train_step_s_monitored: float  # the same with the energy monitor's windows, as in training
+    monitor_overhead_percent: float
+    train_utt_per_s: float
+    train_tflops: float | None  # XLA FLOPs of the step / step time
+    train_mfu: float | None
+    infer_utt_per_s: float
+    infer_tflops: float | None
+    infer_mfu: float | None
+    peak_tflops: float | None
+    peak_source: str
+    train_j_per_step: float | None
+    train_j_per_utt: float | None
+    infer_j_per_utt: float | None
+    energy_sources: dict
+    energy_unavailable: str | None
+
+
+class _NoWriter:
+    def write_scalars(self, step, scalars):
+        del step, scalars
+
+
+def _time_block(fn, steps: int, carry):
+    start = time.perf_counter()
+    for _ in range(steps):
+        carry = fn(carry)
+    jax.block_until_ready(carry)
+    return time.perf_counter() - start, carry
+
+
+def main(argv) -> None:
+    del argv
+    config = _CONFIG.value
+    dtype = _DTYPE.value or config.model.dtype
+    batch_size, num_frames, bins = _BATCH.value, config.data.num_frames, config.data.num_mel_bins
+    devices = jax.local_devices()
+    mesh = parallel.create_mesh(devices)
+    parallel.check_global_batch(batch_size, mesh)
+    with config.unlocked():
+        config.model.dtype = dtype
+    model = models.create_model(config.model, _NUM_CLASSES.value)
+    steps_per_epoch = 1000
+    lr_fn = optim.create_schedule(config.optim, steps_per_epoch, config.train.num_epochs, batch_size)
+    tx = optim.create_optimizer(config.optim, lr_fn)
+    margin_fn = models.margin_schedule(config.loss.initial_margin, config.loss.final_margin,
+                                       config.loss.increase_start_epoch, config.loss.fix_start_epoch,
+                                       steps_per_epoch, config.loss.increase_type)
+    replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    state = jax.jit(lambda rng: train.create_train_state(rng, model, tx, (num_frames, bins)),
+                    out_shardings=replicated)(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    batch = parallel.shard_batch({
+        "feats": rng.standard_normal((batch_size, num_frames, bins), np.float32),
+        "label": rng.integers(0, _NUM_CLASSES.value, batch_size).astype(np.int32)}, mesh)
+    step_fn = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, learning_rate_fn=lr_fn,
+                                                    margin_fn=margin_fn),
+                      in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+                      donate_argnums=0).lower(state, batch).compile()
+    embed_fn = jax.jit(lambda v, f: model.apply(v, f, method=model.embed), in_shardings=(replicated, sharded),
+                       out_shardings=replicated).lower(state.variables, batch["feats"]).compile()
+    train_flops = flops_lib.compiled_cost(step_fn, mesh.size)["flops"]
+    infer_flops = flops_lib.compiled_cost(embed_fn, mesh.size)["flops"]
+    device_kind = devices[0].device_kind
+    peak, peak_source = peaks.peak_tflops(device_kind, dtype, config.profile.peak_tflops)
+
+    def train_steps(carry):
+        return step_fn(carry[0], batch)
+
+    carry = (state, None)
+    for _ in range(_WARMUP.value):
+        carry = train_steps(carry)
+    jax.block_until_ready(carry)
+
+    monitor = energy_lib.EnergyMonitor(poll_interval_s=config.profile.poll_interval_s)
+    profile_config = config.profile.copy_and_resolve_references()
+    with profile_config.unlocked():
+        profile_config.skip_steps, profile_config.trace_steps = 1, ()
+    off, on, windows = [], [], []
+    for _ in range(_BLOCKS.value):
+        seconds, carry = _time_block(train_steps, _STEPS.value, carry)
+        off.append(seconds / _STEPS.value)
+        # Monitor on: the trainer's own hook, stepping exactly as train.py does.
+        profiler = hooks.RunProfiler(profile_config, "/nonexistent", global_batch=batch_size,
+                                     flops_per_step=train_flops, peak_tflops=peak, writer=_NoWriter(),
+                                     write_files=False, monitor=monitor)
+        start = time.perf_counter()
+        for step in range(1, _STEPS.value + 1):
+            carry = train_steps(carry)
+            profiler.after_step(step, carry[1])
+        profiler.finish_training(_STEPS.value, carry[1])
+        on.append((time.perf_counter() - start) / _STEPS.value)
+        windows.extend(profiler.windows)
+    variables = carry[0].variables
+    embed_fn(variables, batch["feats"]).block_until_ready()
+    monitor.begin_window("infer", sync=lambda: None)
+    seconds, _ = _time_block(lambda _: embed_fn(variables, batch["feats"]), _STEPS.value, None)
+    infer = monitor.end_window("infer", sync=lambda: None)
+    monitor.close()
+
+    step_s, step_s_on = float(np.median(off)), float(np.median(on))
+    infer_s = seconds / _STEPS.value
+    measured = [w for w in windows if w.get("energy_j") is not None]
+    train_j = sum(w["energy_j"] for w in measured)
+    train_steps_measured = sum(w["steps"] for w in measured)
+
+    def tflops(flops, seconds_per_call):
+        return flops / seconds_per_call / 1e12 if flops else None
+
+    result = BenchmarkResult(
+        model=config.model.name,
+        dtype=dtype, batch=batch_size, num_frames=num_frames, devices=f"{mesh.size} x {device_kind}",
+        train_step_s=step_s, train_step_s_monitored=step_s_on,
+        monitor_overhead_percent=100.0 * (step_s_on - step_s) / step_s,
+        train_utt_per_s=batch_size / step_s, train_tflops=tflops(train_flops, step_s),
+        train_mfu=tflops(train_flops, step_s) / peak if peak and train_flops else None,
+        infer_utt_per_s=batch_size / infer_s, infer_tflops=tflops(infer_flops, infer_s),
+        infer_mfu=tflops(infer_flops, infer_s) / peak if peak and infer_flops else None,
+        peak_tflops=peak, peak_source=peak_source,
+        train_j_per_step=train_j / train_steps_measured if measured else None,
+        train_j_per_utt=train_j / train_steps_measured / batch_size if measured else None,
+        infer_j_per_utt=infer.total_j / (_STEPS.value * batch_size) if infer.available else None,
+        energy_sources=dict(measured[-1]["sources"]) if measured else {},
+        energy_unavailable=None if measured else "; ".join(f"{k}: {v}" for k, v in monitor.unavailable.items())
+        or "no energy sensor")
+    if _JSON.value:
+        print(json.dumps(dataclasses.asdict(result), indent=2))
+        return
+    for key, value in dataclasses.asdict(result).items():
+        print(f"{key:<28} {value:.4g}" if isinstance(value, float) else f"{key:<28} {value}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,80 @@
+"""Profiling inside a training run: FLOPs, memory, energy windows (a fake sensor), carbon, traces, and the
+'unavailable' path when a machine has no sensor."""
+
+import json
+import time
+
+import pytest
+
+from configs import tiny
+from profiling import energy, hooks
+from sv_jax import input as input_lib
+from sv_jax import train
+
+POWER_W = 100.0
+
+
+@pytest.fixture(scope="module")
+def corpus_root(tmp_path_factory):
+    from data_pipeline import synthetic
+    root = tmp_path_factory.mktemp("corpus") / "synthetic"
+    synthetic.generate_corpus(root, input_lib.synthetic_spec(tiny.get_config().data), num_workers=1)
+    return root
+
+
+def test_run_with_a_sensor_reports_flops_energy_carbon_and_traces(corpus_root, tmp_path, monkeypatch):
+    real_monitor = energy.EnergyMonitor
+    monkeypatch.setattr(energy, "EnergyMonitor", lambda **kwargs: real_monitor(
+        [energy.FakeSensor({"gpu0": POWER_W}, time.monotonic)], **kwargs))
+    config = tiny.get_config()
+    config.data.synthetic.root = str(corpus_root)
+    config.profile.update(skip_steps=2, window_steps=3, idle_seconds=0.2, trace_steps=(6, 7))
+    workdir = tmp_path / "run"
+
+    profile = train.train_and_evaluate(config, str(workdir))["profile"]
+
+    assert profile["train_step_flops_per_utt"] > 2.5 * profile["forward_flops_per_utt"] > 0
+    assert profile["forward_flops_per_utt_analytic"] > 0 and profile["memory"]["params_bytes"] > 0
+    windows = [json.loads(line) for line in (workdir / "energy.jsonl").read_text().splitlines()]
+    # Steps 1-2 compile and warm up; 6-7 are traced: windows cover 3-5 and 8-10, then 11-12 at the end.
+    assert [(w["step_start"], w["step_end"]) for w in windows] == [(3, 5), (8, 10), (11, 12)]
+    for w in windows:
+        assert w["energy_j"] == pytest.approx(POWER_W * w["seconds"], rel=1e-3)  # sensor and clock read µs apart
+        assert w["j_per_utt"] == pytest.approx(w["energy_j"] / (w["steps"] * config.data.batch_size))
+        assert w["gpu_w"] == pytest.approx(POWER_W, rel=1e-3) and w["sources"] == {"gpu0": "fake"}
+    measured = profile["train"]
+    assert measured["steps_measured"] == 8 and measured["energy_j"] == pytest.approx(
+        sum(w["energy_j"] for w in windows))
+    assert measured["carbon"]["g_co2eq"] == pytest.approx(measured["energy_j"] / 3.6e6 * 475.0)
+    assert profile["idle_w"] == {"gpu0": pytest.approx(POWER_W, rel=1e-3)}
+    assert profile["eval"]["energy_j"] > 0 and profile["eval"]["j_per_utt"] > 0
+    assert list((workdir / "trace").rglob("*.xplane.pb")), "no jax.profiler trace written"
+
+
+def test_without_sensors_windows_time_steps_and_energy_says_why(tmp_path):
+    config = tiny.get_config()
+
+    class Writer:
+        scalars, texts = {}, {}
+
+        def write_scalars(self, step, scalars):
+            self.scalars.update(scalars)
+
+        def write_texts(self, step, texts):
+            self.texts.update(texts)
+
+    writer = Writer()
+    monitor = energy.EnergyMonitor([], poll_interval_s=0.1)
+    profiler = hooks.RunProfiler(config.profile, tmp_path, global_batch=8, flops_per_step=1e9, peak_tflops=None,
+                                 writer=writer, monitor=monitor)
+    profiler.write_start(0, {"train_step_flops_per_utt": 3e8, "forward_flops_per_utt": 1e8})
+    for step in range(1, 12):
+        profiler.after_step(step, None)
+    profiler.finish_training(11, None)
+    summary = profiler.summary(total_steps_run=11)
+    assert summary["train"]["steps_measured"] == 11 - config.profile.skip_steps
+    assert summary["train"]["energy"].startswith("unavailable: ")
+    assert summary["train"]["carbon"].startswith("unavailable")
+    assert writer.texts["profile/energy"].startswith("unavailable: ")
+    assert writer.scalars["profile/forward_gflops_per_utt"] == pytest.approx(0.1)
+    assert "perf/tflops" in writer.scalars and "energy/j_per_step" not in writer.scalars
