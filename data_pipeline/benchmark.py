@@ -81,12 +81,7 @@ def _data(config, work_dir: pathlib.Path):
     if data.train_dir:
         train = manifest.scan_dir(data.train_dir)
     else:
-        syn = data.synthetic
-        spec = synthetic.CorpusSpec(
-            num_train_speakers=syn.num_train_speakers, num_test_speakers=syn.num_test_speakers,
-            utts_per_train_speaker=syn.utts_per_train_speaker, utts_per_test_speaker=syn.utts_per_test_speaker,
-            min_seconds=syn.min_seconds, max_seconds=syn.max_seconds, sample_rate=data.sample_rate, seed=syn.seed)
-        train = manifest.scan_dir(synthetic.generate_corpus(work_dir / "synthetic", spec).train_dir)
+        train = manifest.scan_dir(synthetic.generate_corpus(work_dir / "synthetic", synthetic.spec_from_config(data)).train_dir)
     if data.train_shards:
         shard_set = shards.read_index(data.train_shards)
     else:
@@ -107,9 +102,7 @@ def main(argv) -> None:
     data = config.data
     work_dir = pathlib.Path(_WORK_DIR.value)
     train, shard_set, rir_dir, musan_dir, generated = _data(config, work_dir)
-    fbank = input_pipeline.FbankConfig(
-        sample_rate=data.sample_rate, num_mel_bins=data.num_mel_bins, frame_length_ms=data.frame_length_ms,
-        frame_shift_ms=data.frame_shift_ms, window_type=data.window_type, dither=data.dither)
+    fbank = input_pipeline.FbankConfig.from_config(data)
     chunk_seconds = fbank.num_samples(data.num_frames) / data.sample_rate
     print(f"data: {len(train)} utterances of {train.num_speakers} speakers ({train.root}); "
           f"{len(shard_set.files)} shards ({shard_set.root}); augmentation sources: {rir_dir}, {musan_dir}"

@@ -53,6 +53,13 @@ class FbankConfig:
     window_type: str = "hamming"
     dither: float = 1.0
 
+    @classmethod
+    def from_config(cls, data_config) -> "FbankConfig":
+        """The options an sv_jax `config.data` gives."""
+        return cls(sample_rate=data_config.sample_rate, num_mel_bins=data_config.num_mel_bins,
+                   frame_length_ms=data_config.frame_length_ms, frame_shift_ms=data_config.frame_shift_ms,
+                   window_type=data_config.window_type, dither=data_config.dither)
+
     def compute(self, waveform, dither: float, seed=None):
         feats = features.fbank(waveform, self.sample_rate, num_mel_bins=self.num_mel_bins,
                                frame_length_ms=self.frame_length_ms, frame_shift_ms=self.frame_shift_ms,

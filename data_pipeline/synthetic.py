@@ -38,7 +38,7 @@ import numpy as np
 import scipy.signal
 import soundfile
 
-__all__ = ["CorpusSpec", "Corpus", "generate_corpus"]
+__all__ = ["CorpusSpec", "Corpus", "generate_corpus", "spec_from_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,16 @@ class CorpusSpec:
             raise ValueError(f"need 0.1 <= min_seconds <= max_seconds: {self}")
         if self.sample_rate < 8000 or self.seed < 0:
             raise ValueError(f"need sample_rate >= 8000 and seed >= 0: {self}")
+
+
+def spec_from_config(data_config) -> CorpusSpec:
+    """The corpus an sv_jax `config.data` describes (its `synthetic` section and sample rate)."""
+    syn = data_config.synthetic
+    return CorpusSpec(
+        num_train_speakers=syn.num_train_speakers, num_test_speakers=syn.num_test_speakers,
+        utts_per_train_speaker=syn.utts_per_train_speaker, utts_per_test_speaker=syn.utts_per_test_speaker,
+        min_seconds=syn.min_seconds, max_seconds=syn.max_seconds, sample_rate=data_config.sample_rate,
+        seed=syn.seed)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -92,19 +92,11 @@ def _pipeline():
 def synthetic_spec(data_config):
     """The built-in corpus that `data.synthetic` describes."""
     from data_pipeline import synthetic  # pylint: disable=import-outside-toplevel
-    syn = data_config.synthetic
-    return synthetic.CorpusSpec(
-        num_train_speakers=syn.num_train_speakers, num_test_speakers=syn.num_test_speakers,
-        utts_per_train_speaker=syn.utts_per_train_speaker, utts_per_test_speaker=syn.utts_per_test_speaker,
-        min_seconds=syn.min_seconds, max_seconds=syn.max_seconds, sample_rate=data_config.sample_rate,
-        seed=syn.seed)
+    return synthetic.spec_from_config(data_config)
 
 
 def fbank_config(data_config):
-    return _pipeline().FbankConfig(
-        sample_rate=data_config.sample_rate, num_mel_bins=data_config.num_mel_bins,
-        frame_length_ms=data_config.frame_length_ms, frame_shift_ms=data_config.frame_shift_ms,
-        window_type=data_config.window_type, dither=data_config.dither)
+    return _pipeline().FbankConfig.from_config(data_config)
 
 
 def augmenter(data_config, *, seed: int, bad_audio_log):
