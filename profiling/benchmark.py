@@ -5,9 +5,12 @@
 No input pipeline and no TensorFlow: one random batch of the config's shape ([batch, num_frames, num_mel_bins],
 labels over the config's classes) is placed on the devices once and the compiled train step (the trainer's, with
 donated state) runs on it back to back. Compilation and `--warmup` steps are excluded; each timed block ends with a
-block on its outputs. Monitoring overhead is measured in the same run: blocks alternate between no monitor and the
-trainer's profiling hook (profiling.hooks.RunProfiler: a window every `profile.window_steps` steps, synchronised at
-its edges), and the difference of their median step times is reported. Inference is `model.embed` on [batch, num_frames] chunks.
+block on its outputs. Inference is `model.embed` on [batch, num_frames] chunks.
+
+Monitoring overhead is measured in the same run: pairs of blocks, one without a monitor and one with the trainer's
+profiling hook (profiling.hooks.RunProfiler: a window every `profile.window_steps` steps, synchronised at its
+edges), in ABBA order; the overhead is the median over pairs of the monitored block's extra time, printed with
+every pair's figure and the unmonitored blocks' own spread (the machine's run-to-run noise).
 
 TFLOP/s use XLA's FLOP count of the compiled step (profiling.flops); MFU divides by the device's datasheet peak
 (profiling.peaks) for the compute dtype. Energy per step comes from the monitor's windows (NVML / RAPL); without a
@@ -29,13 +32,13 @@ from profiling import energy as energy_lib
 from profiling import flops as flops_lib
 from profiling import hooks
 from profiling import peaks
-from sv_jax import models, optim, parallel, train
+from sv_jax import models, optim, parallel, step as step_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/r34.py", "an sv_jax config file", lock_config=True)
 _BATCH = flags.DEFINE_integer("batch", 128, "global batch (split over all local devices)")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "compute dtype (default: the config's)")
 _STEPS = flags.DEFINE_integer("steps", 40, "timed train steps per block")
-_BLOCKS = flags.DEFINE_integer("blocks", 3, "timed blocks per setting (monitor off / on, alternating)")
+_BLOCKS = flags.DEFINE_integer("blocks", 4, "timed pairs of blocks (monitor off / on, in ABBA order)")
 _WARMUP = flags.DEFINE_integer("warmup", 5, "untimed steps after compilation")
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", 5994 * 3, "ArcMargin classes (VoxCeleb2 dev x 3 speeds)")
 _JSON = flags.DEFINE_bool("json", False, "print one JSON object instead of a table")
@@ -52,7 +55,9 @@ class BenchmarkResult:
     devices: str
     train_step_s: float  # mean seconds per train step, monitor off
     train_step_s_monitored: float  # the same with the energy monitor's windows, as in training
-    monitor_overhead_percent: float
+    monitor_overhead_percent: float  # median over pairs of (monitored / unmonitored block time - 1)
+    monitor_overhead_pairs_percent: list  # every pair's figure, in run order
+    noise_percent: float  # relative standard deviation of the unmonitored blocks: the machine's run-to-run noise
     train_utt_per_s: float
     train_tflops: float | None  # XLA FLOPs of the step / step time
     train_mfu: float | None
@@ -99,13 +104,13 @@ def main(argv) -> None:
                                        config.loss.increase_start_epoch, config.loss.fix_start_epoch,
                                        steps_per_epoch, config.loss.increase_type)
     replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    state = jax.jit(lambda rng: train.create_train_state(rng, model, tx, (num_frames, bins)),
+    state = jax.jit(lambda rng: step_lib.create_train_state(rng, model, tx, (num_frames, bins)),
                     out_shardings=replicated)(jax.random.key(0))
     rng = np.random.default_rng(0)
     batch = parallel.shard_batch({
         "feats": rng.standard_normal((batch_size, num_frames, bins), np.float32),
         "label": rng.integers(0, _NUM_CLASSES.value, batch_size).astype(np.int32)}, mesh)
-    step_fn = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, learning_rate_fn=lr_fn,
+    step_fn = jax.jit(lambda s, b: step_lib.train_step(s, b, model=model, tx=tx, learning_rate_fn=lr_fn,
                                                     margin_fn=margin_fn),
                       in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                       donate_argnums=0).lower(state, batch).compile()
@@ -129,10 +134,9 @@ def main(argv) -> None:
     with profile_config.unlocked():
         profile_config.skip_steps, profile_config.trace_steps = 1, ()
     off, on, windows = [], [], []
-    for _ in range(_BLOCKS.value):
-        seconds, carry = _time_block(train_steps, _STEPS.value, carry)
-        off.append(seconds / _STEPS.value)
-        # Monitor on: the trainer's own hook, stepping exactly as train.py does.
+
+    def monitored_block(carry):
+        # The trainer's own hook, stepping exactly as train.py does.
         profiler = hooks.RunProfiler(profile_config, "/nonexistent", global_batch=batch_size,
                                      flops_per_step=train_flops, peak_tflops=peak, writer=_NoWriter(),
                                      write_files=False, monitor=monitor)
@@ -141,8 +145,15 @@ def main(argv) -> None:
             carry = train_steps(carry)
             profiler.after_step(step, carry[1])
         profiler.finish_training(_STEPS.value, carry[1])
-        on.append((time.perf_counter() - start) / _STEPS.value)
         windows.extend(profiler.windows)
+        return time.perf_counter() - start, carry
+
+    # Pairs in ABBA order (off-on, on-off, ...) so that drift in machine speed cancels within two pairs.
+    for pair in range(_BLOCKS.value):
+        for monitored in ((False, True) if pair % 2 == 0 else (True, False)):
+            seconds, carry = (monitored_block(carry) if monitored
+                              else _time_block(train_steps, _STEPS.value, carry))
+            (on if monitored else off).append(seconds / _STEPS.value)
     variables = carry[0].variables
     embed_fn(variables, batch["feats"]).block_until_ready()
     monitor.begin_window("infer", sync=lambda: None)
@@ -151,6 +162,7 @@ def main(argv) -> None:
     monitor.close()
 
     step_s, step_s_on = float(np.median(off)), float(np.median(on))
+    pair_percent = 100.0 * (np.asarray(on) / np.asarray(off) - 1.0)
     infer_s = seconds / _STEPS.value
     measured = [w for w in windows if w.get("energy_j") is not None]
     train_j = sum(w["energy_j"] for w in measured)
@@ -163,7 +175,9 @@ def main(argv) -> None:
         model=config.model.name,
         dtype=dtype, batch=batch_size, num_frames=num_frames, devices=f"{mesh.size} x {device_kind}",
         train_step_s=step_s, train_step_s_monitored=step_s_on,
-        monitor_overhead_percent=100.0 * (step_s_on - step_s) / step_s,
+        monitor_overhead_percent=float(np.median(pair_percent)),
+        monitor_overhead_pairs_percent=[round(float(p), 3) for p in pair_percent],
+        noise_percent=float(100.0 * np.std(off) / np.mean(off)),
         train_utt_per_s=batch_size / step_s, train_tflops=tflops(train_flops, step_s),
         train_mfu=tflops(train_flops, step_s) / peak if peak and train_flops else None,
         infer_utt_per_s=batch_size / infer_s, infer_tflops=tflops(infer_flops, infer_s),

@@ -55,13 +55,19 @@ class RunProfiler:
     # -- set up ---------------------------------------------------------------------------------------------------
 
     def write_start(self, step: int, flops: dict) -> None:
-        """FLOP counts as TensorBoard scalars, and, without sensors, why there will be no energy scalars."""
+        """FLOP counts as TensorBoard scalars; the carbon intensity used and, without sensors, why there will be no
+        energy or carbon scalars, as TensorBoard text."""
         scalars = {f"profile/{k}": flops[k] / 1e9 for k in ("train_step_flops_per_utt", "forward_flops_per_utt")
                    if flops.get(k)}
         if scalars:
             self.writer.write_scalars(step, {k.replace("flops", "gflops"): v for k, v in scalars.items()})
-        if not self.monitor.available and hasattr(self.writer, "write_texts"):
-            self.writer.write_texts(step, {"profile/energy": f"unavailable: {self.unavailable_reason()}"})
+        if hasattr(self.writer, "write_texts"):
+            grid = self.carbon
+            texts = {"profile/carbon": f"{grid.intensity_source}, PUE {grid.pue:g}: an estimate on measured energy"
+                                       + ("" if self.monitor.available else " (none measured here)")}
+            if not self.monitor.available:
+                texts["profile/energy"] = f"unavailable: {self.unavailable_reason()}"
+            self.writer.write_texts(step, texts)
 
     def measure_idle(self) -> None:
         """Idle power of every sensed domain, before the run starts working (skipped without sensors)."""

@@ -13,14 +13,11 @@ import json
 import logging
 import pathlib
 import time
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from sv_jax import checkpoint as checkpoint_lib
 from sv_jax import evaluation
@@ -29,51 +26,13 @@ from sv_jax import models
 from sv_jax import optim
 from sv_jax import parallel
 from sv_jax import reporting
+from sv_jax.step import create_train_state, train_step
 from profiling import flops as flops_lib
 from profiling import hooks
 from profiling import memory as memory_lib
 from profiling import peaks
 
 log = logging.getLogger(__name__)
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-
-    @property
-    def variables(self):
-        return {"params": self.params, "batch_stats": self.batch_stats}
-
-
-def create_train_state(rng, model, tx, feat_shape: tuple[int, int]) -> TrainState:
-    feats = jnp.zeros((2, *feat_shape), jnp.float32)
-    variables = model.init(rng, feats, jnp.zeros((2,), jnp.int32), 0.0, train=False)
-    params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
-                      opt_state=tx.init(params))
-
-
-def train_step(state: TrainState, batch, *, model, tx, learning_rate_fn, margin_fn):
-    margin = margin_fn(state.step)
-
-    def loss_fn(params):
-        (_, logits), updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["feats"],
-                                           batch["label"], margin, train=True, mutable=["batch_stats"])
-        logits = logits.astype(jnp.float32)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, (logits, updates["batch_stats"])
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                           batch_stats=batch_stats, opt_state=opt_state)
-    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-               "lr": learning_rate_fn(state.step), "margin": margin}
-    return new_state, metrics
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -76,5 +76,6 @@ def test_without_sensors_windows_time_steps_and_energy_says_why(tmp_path):
     assert summary["train"]["energy"].startswith("unavailable: ")
     assert summary["train"]["carbon"].startswith("unavailable")
     assert writer.texts["profile/energy"].startswith("unavailable: ")
+    assert "475 gCO2eq/kWh" in writer.texts["profile/carbon"] and "none measured" in writer.texts["profile/carbon"]
     assert writer.scalars["profile/forward_gflops_per_utt"] == pytest.approx(0.1)
     assert "perf/tflops" in writer.scalars and "energy/j_per_step" not in writer.scalars
