@@ -81,6 +81,7 @@ def get_config():
     optim.beta1 = 0.9
     optim.beta2 = 0.999
     optim.eps = 1e-8
+    optim.state_bits = 32  # 32 | 8: 8 stores momentum / Adam moments block-wise quantized as uint8 (dynamic maps)
 
     config.train = train = ml_collections.ConfigDict()
     train.num_epochs = 150
