@@ -55,6 +55,9 @@ def get_config():
     model.width = 32  # planes of the first stage (WeSpeaker's m_channels); stages have 1x, 2x, 4x, 8x
     model.embed_dim = 256
     model.dtype = "float32"  # 'float32' | 'bfloat16' compute; parameters, BN statistics and loss stay float32
+    # 'none' | 'partial' (shape-preserving blocks become RevNet couplings: their activations are recomputed in the
+    # backward pass, not stored) | 'full' (stage transitions invertible too). Reversible stages compute in float32.
+    model.reversible = "none"
     model.head = ml_collections.ConfigDict()
     model.head.type = "arc_margin"
     model.head.scale = 32.0

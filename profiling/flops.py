@@ -19,6 +19,8 @@ XLA's `cost_analysis()` of a compiled program is the measured figure. Four thing
 - On GPU, cuDNN convolutions are custom calls that can be reported as -1 or not at all. A count under 90% of the
   analytic minimum is treated as unusable; the same program is then compiled for the CPU backend and that count
   is reported, labelled in `source`.
+- Reversible models (`model.reversible`) run their couplings in a lax.scan, whose body XLA counts once. Their
+  counts (optimised and unoptimised) come from a CPU copy lowered with the scans unrolled, labelled in `source`.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 
 from sv_jax import models
+from sv_jax.models import reversible
 from sv_jax import optim
 from sv_jax import parallel
+from sv_jax import step as step_lib
 
 # Small, so that any model compiles in seconds. Per utterance, r34's FLOPs differ by <0.1% between batch 8 and 128;
 # bytes accessed by +9% at 8 (the state's reads and writes are shared by fewer utterances).
@@ -137,10 +141,20 @@ def unoptimized_flops(lowered: jax.stages.Lowered) -> float:
     return float(flops) if flops >= 0 else float("nan")
 
 
+SOURCE_UNROLLED = "xla-cpu (reversible stages' scans unrolled for counting)"
+
+
 def checked_cost(compiled: jax.stages.Compiled, minimum_flops: float, lower_for_cpu: Callable[[], Any],
-                 num_devices: int | None = None) -> CompiledCost:
+                 num_devices: int | None = None, reversible_mode: str = "none") -> CompiledCost:
     """`compiled_cost`, or, when it is under 90% of `minimum_flops` (an analytic floor for the whole program),
-    the cost of `lower_for_cpu()` (the same program lowered for one CPU device) compiled, labelled so."""
+    the cost of `lower_for_cpu()` (the same program lowered for one CPU device) compiled, labelled so.
+
+    For a reversible model (`reversible_mode` != 'none') XLA's count of `compiled` is always too low (its cost
+    analysis counts a lax.scan body once, not once per coupling), so the count is that of `lower_for_cpu()`, which
+    must then lower the model with its scans unrolled (`models.create_model(..., unroll_scans=True)`).
+    """
+    if reversible_mode != "none":
+        return {**compiled_cost(lower_for_cpu().compile(), 1), "source": SOURCE_UNROLLED}
     cost = compiled_cost(compiled, num_devices)
     if cost["flops"] >= _USABLE_FRACTION * minimum_flops:
         return cost
@@ -166,7 +180,10 @@ def _conv_layers(backbone: models.ResNet, num_frames: int, num_mel_bins: int) ->
     for count, stride, mult in zip(backbone.num_blocks, models.resnet.STAGE_STRIDES,
                                    models.resnet.STAGE_WIDTH_MULTIPLIERS):
         planes = width * mult
-        for index in range(count):
+        ordinary = reversible.ordinary_blocks(backbone.reversible, count)
+        if ordinary == 0 and stride > 1:  # the invertible squeeze of 'full'
+            channels, size = 4 * channels, tuple(-(-n // stride) for n in size)
+        for index in range(ordinary):
             block_stride = stride if index == 0 else 1
             out_size = tuple(-(-n // block_stride) for n in size)
             if backbone.block == "basic":
@@ -177,6 +194,12 @@ def _conv_layers(backbone: models.ResNet, num_frames: int, num_mel_bins: int) ->
             if block_stride != 1 or channels != planes * expansion:
                 layers.append(_Conv(channels, planes * expansion, 1, block_stride, size))
             channels, size = planes * expansion, out_size
+        if count > ordinary:  # F and G of each coupling
+            convs = reversible.coupling_convs(backbone.reversible, backbone.block, channels, planes)
+            layers += [_Conv(cin, cout, kernel, 1, size) for kernel, cin, cout in convs] * 2 * (count - ordinary)
+    if backbone.reversible == "full":
+        layers.append(_Conv(channels, planes * expansion, 1, 1, size))
+        channels = planes * expansion
     return layers, 2 * channels * size[0]  # TSTP: mean and std per (channel, frequency)
 
 
@@ -225,26 +248,23 @@ class Programs(NamedTuple):
     """The lowered (not yet compiled) inference and train-step programs of a config, and the abstract state."""
 
     forward: jax.stages.Lowered  # model.embed on f32[B, T, F] without lengths (full chunks)
-    train_step: jax.stages.Lowered  # sv_jax.train.train_step, state donated as in training
+    train_step: jax.stages.Lowered  # sv_jax.step.train_step, state donated as in training
     state: Any  # TrainState of jax.ShapeDtypeStruct leaves
     num_devices: int
 
 
 def lower_programs(config, batch_size: int = DEFAULT_BATCH_SIZE, num_classes: int | None = None,
-                   devices: Sequence[jax.Device] | None = None) -> Programs:
+                   devices: Sequence[jax.Device] | None = None, unroll_scans: bool = False) -> Programs:
     """Lowers the config's forward and train step as training runs them: state replicated, batch sharded.
 
     Nothing is initialised or run: the state is abstract (jax.eval_shape), so any model size lowers in seconds.
+    `unroll_scans` lowers a reversible model for counting its FLOPs (see `checked_cost`), not as training runs it.
     """
-    # The one train step is sv_jax.train's. It is imported here, not at module level, because sv_jax.train imports
-    # profiling (training calls profiling): a module-level import would be a cycle.
-    from sv_jax import train  # pylint: disable=import-outside-toplevel
-
     num_classes = default_num_classes(config) if num_classes is None else num_classes
     mesh = parallel.create_mesh(devices)
     parallel.check_global_batch(batch_size, mesh)
     replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    model = models.create_model(config.model, num_classes)
+    model = models.create_model(config.model, num_classes, unroll_scans=unroll_scans)
     # Schedules are scalar functions of the step: their length does not change the program's cost.
     steps_per_epoch = config.train.steps_per_epoch or 1000
     learning_rate_fn = optim.create_schedule(config.optim, steps_per_epoch, config.train.num_epochs, batch_size)
@@ -253,12 +273,12 @@ def lower_programs(config, batch_size: int = DEFAULT_BATCH_SIZE, num_classes: in
                                        config.loss.increase_start_epoch, config.loss.fix_start_epoch,
                                        steps_per_epoch, config.loss.increase_type)
     feat_shape = (config.data.num_frames, config.data.num_mel_bins)
-    state = jax.eval_shape(lambda: train.create_train_state(jax.random.key(0), model, tx, feat_shape))
+    state = jax.eval_shape(lambda: step_lib.create_train_state(jax.random.key(0), model, tx, feat_shape))
     feats = jax.ShapeDtypeStruct((batch_size, *feat_shape), jnp.float32)
     batch = {"feats": feats, "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
     step = jax.jit(
-        lambda s, b: train.train_step(s, b, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
-                                      margin_fn=margin_fn),
+        lambda s, b: step_lib.train_step(s, b, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
+                                         margin_fn=margin_fn),
         in_shardings=(replicated, sharded), out_shardings=(replicated, replicated), donate_argnums=0)
     return Programs(forward=_lower_forward(model, state.variables, feats, mesh),
                     train_step=step.lower(state, batch), state=state, num_devices=mesh.size)
@@ -284,8 +304,10 @@ def forward_cost(model, variables, num_frames: int, num_mel_bins: int, mesh,
     feats = jax.ShapeDtypeStruct((batch_size, num_frames, num_mel_bins), jnp.float32)
     minimum = 2 * backbone_macs(model.backbone, num_frames, num_mel_bins) * batch_size
     cpu_mesh = parallel.create_mesh(jax.devices("cpu")[:1])
+    counted = model.clone(backbone=model.backbone.clone(unroll_scans=True))
     cost = checked_cost(_lower_forward(model, variables, feats, mesh).compile(), minimum,
-                        lambda: _lower_forward(model, variables, feats, cpu_mesh), mesh.size)
+                        lambda: _lower_forward(counted, variables, feats, cpu_mesh), mesh.size,
+                        model.backbone.reversible)
     return {**cost, "flops_per_utt": cost["flops"] / batch_size,
             "bytes_accessed_per_utt": cost["bytes_accessed"] / batch_size, "batch_size": batch_size}
 
@@ -296,7 +318,8 @@ def train_step_cost(config, compiled_step: jax.stages.Compiled, batch_size: int,
     count; where the backend's count is unusable, that of the config's step compiled for one CPU device."""
     minimum = _train_step_minimum_flops(config, batch_size)
     return checked_cost(compiled_step, minimum, lambda: lower_programs(
-        config, batch_size, num_classes, jax.devices("cpu")[:1]).train_step, num_devices)
+        config, batch_size, num_classes, jax.devices("cpu")[:1], unroll_scans=True).train_step, num_devices,
+                        config.model.reversible)
 
 
 def _train_step_minimum_flops(config, batch_size: int) -> float:
@@ -314,12 +337,14 @@ def flops_report(config, batch_size: int = DEFAULT_BATCH_SIZE, num_classes: int 
     frames, bins = config.data.num_frames, config.data.num_mel_bins
     macs_real = analytic_forward_macs(config.model, frames, bins, "real")
     programs = lower_programs(config, batch_size, num_classes, devices)
-    cpu_programs = functools.cache(lambda: lower_programs(config, batch_size, num_classes, jax.devices("cpu")[:1]))
+    cpu_programs = functools.cache(lambda: lower_programs(config, batch_size, num_classes, jax.devices("cpu")[:1],
+                                                          unroll_scans=True))
     forward = checked_cost(programs.forward.compile(), 2 * macs_real * batch_size,
-                           lambda: cpu_programs().forward, programs.num_devices)
+                           lambda: cpu_programs().forward, programs.num_devices, config.model.reversible)
     step = checked_cost(programs.train_step.compile(), _train_step_minimum_flops(config, batch_size),
-                        lambda: cpu_programs().train_step, programs.num_devices)
+                        lambda: cpu_programs().train_step, programs.num_devices, config.model.reversible)
     per_utt = lambda value: value / batch_size
+    counted = cpu_programs() if config.model.reversible != "none" else programs  # what XLA counts in full
     sources = sorted({forward["source"], step["source"]})
     return FlopsReport(
         model=config.model.name, params=models.count_params(programs.state.params["backbone"]),
@@ -327,14 +352,14 @@ def flops_report(config, batch_size: int = DEFAULT_BATCH_SIZE, num_classes: int 
         num_classes=programs.state.params["head"]["weight"].shape[-1], num_frames=frames, num_mel_bins=bins,
         batch_size=batch_size, devices=len(devices), platform=devices[0].platform, source=", ".join(sources),
         forward_flops_per_utt=per_utt(forward["flops"]),
-        forward_flops_per_utt_unoptimized=per_utt(unoptimized_flops(programs.forward)),
+        forward_flops_per_utt_unoptimized=per_utt(unoptimized_flops(counted.forward)),
         forward_flops_per_utt_analytic=2.0 * macs_real,
         forward_macs_per_utt_analytic=macs_real,
         forward_macs_full_kernel_per_utt=analytic_forward_macs(config.model, frames, bins, "full"),
         forward_bytes_accessed_per_utt=per_utt(forward["bytes_accessed"]),
         forward_arithmetic_intensity_flops_per_byte=_ratio(forward["flops"], forward["bytes_accessed"]),
         train_step_flops_per_utt=per_utt(step["flops"]),
-        train_step_flops_per_utt_unoptimized=per_utt(unoptimized_flops(programs.train_step)),
+        train_step_flops_per_utt_unoptimized=per_utt(unoptimized_flops(counted.train_step)),
         train_step_to_forward_flops_ratio=_ratio(step["flops"], forward["flops"]),
         bytes_accessed_per_utt=per_utt(step["bytes_accessed"]),
         arithmetic_intensity_flops_per_byte=_ratio(step["flops"], step["bytes_accessed"]))

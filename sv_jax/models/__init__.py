@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from sv_jax.models.heads import ArcMarginProduct, margin_schedule
 from sv_jax.models.resnet import BLOCKS, ResNet
+from sv_jax.models.reversible import MODES
 
 # name -> (block, blocks per stage), as wespeaker/models/resnet.py defines them.
 RESNET_PRESETS = {
@@ -65,14 +66,19 @@ def resolve_architecture(model_config) -> tuple[str, tuple[int, ...]]:
     return block, tuple(int(n) for n in num_blocks)
 
 
-def create_model(model_config, num_classes: int) -> SpeakerNet:
+def create_model(model_config, num_classes: int, *, unroll_scans: bool = False) -> SpeakerNet:
+    """The config's model; `unroll_scans` only for counting FLOPs (see ResNet.unroll_scans)."""
     block, num_blocks = resolve_architecture(model_config)
     if model_config.dtype not in DTYPES:
         raise ValueError(f"unknown model.dtype {model_config.dtype!r}; choose one of {sorted(DTYPES)}")
+    reversible = model_config.reversible
+    if reversible not in MODES:
+        raise ValueError(f"unknown model.reversible {reversible!r}; choose one of {list(MODES)}")
     if model_config.head.type != "arc_margin":
         raise ValueError(f"unknown model.head.type {model_config.head.type!r}; choose 'arc_margin'")
     backbone = ResNet(block=block, num_blocks=num_blocks, width=model_config.width,
-                      embed_dim=model_config.embed_dim, dtype=DTYPES[model_config.dtype])
+                      embed_dim=model_config.embed_dim, dtype=DTYPES[model_config.dtype], reversible=reversible,
+                      unroll_scans=unroll_scans)
     head = ArcMarginProduct(num_classes=num_classes, scale=model_config.head.scale,
                             easy_margin=model_config.head.easy_margin)
     return SpeakerNet(backbone=backbone, head=head)

@@ -10,6 +10,9 @@ Inference on padded batches is exact: given `lengths`, every activation that fee
 the valid frames of its resolution, which is what the convolution's own zero padding would have seen on the unpadded
 utterance, and TSTP pools over valid frames only. Evaluation therefore batches whole utterances of different length
 into a few padded shapes without changing a single embedding.
+
+`reversible` ('partial' or 'full') swaps blocks for the invertible couplings of sv_jax/models/reversible.py, which
+describes them; 'none' is the model above.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sv_jax.models import reversible as reversible_lib
 from sv_jax.models.pooling import tstp
 
 # PyTorch's default conv/linear init (kaiming_uniform with a=sqrt(5)) is uniform with variance 1/(3 fan_in).
@@ -118,6 +122,9 @@ class ResNet(nn.Module):
       width: planes of the first stage (WeSpeaker's m_channels, 32).
       embed_dim: embedding size (256).
       dtype: computation dtype; parameters and BN statistics stay float32, pooling and the embedding are float32.
+      reversible: 'none', 'partial' or 'full' (sv_jax/models/reversible.py); reversible stages compute in float32.
+      unroll_scans: unroll the reversible stages' scans over blocks: for counting FLOPs only (profiling.flops;
+        XLA's cost analysis counts a scan body once), not for training.
     """
 
     block: str = "basic"
@@ -125,6 +132,8 @@ class ResNet(nn.Module):
     width: int = 32
     embed_dim: int = 256
     dtype: Any = jnp.float32
+    reversible: str = "none"
+    unroll_scans: bool = False
 
     @nn.compact
     def __call__(self, feats: jax.Array, lengths: jax.Array | None = None, *, train: bool = False) -> jax.Array:
@@ -132,6 +141,10 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown block {self.block!r}; choose one of {sorted(BLOCKS)}")
         if len(self.num_blocks) != 4:
             raise ValueError(f"num_blocks needs one entry per stage (4), got {tuple(self.num_blocks)}")
+        if self.reversible not in reversible_lib.MODES:
+            raise ValueError(f"unknown reversible {self.reversible!r}; choose one of {list(reversible_lib.MODES)}")
+        if self.reversible != "none" and self.width % 2:
+            raise ValueError(f"reversible couplings split channels in halves: width must be even, got {self.width}")
         if train and lengths is not None:
             raise ValueError("lengths (padded batches) are for inference only: padding would bias BN statistics")
         block_cls = BLOCKS[self.block]
@@ -142,15 +155,30 @@ class ResNet(nn.Module):
         x = _apply_mask(x, mask)
         for stage, (count, stride, mult) in enumerate(
                 zip(self.num_blocks, STAGE_STRIDES, STAGE_WIDTH_MULTIPLIERS), start=1):
-            for index in range(count):
+            planes = self.width * mult
+            ordinary = reversible_lib.ordinary_blocks(self.reversible, count)
+            if ordinary == 0 and stride > 1:  # 'full': an invertible squeeze replaces the strided block
+                x = reversible_lib.squeeze(x)
+                if lengths is not None:
+                    lengths = downsampled_lengths(lengths, stride)
+                    mask = time_mask(lengths, x.shape[2], self.dtype)
+            for index in range(ordinary):
                 block_stride = stride if index == 0 else 1
                 mask_in = mask
                 if lengths is not None and block_stride > 1:
                     lengths = downsampled_lengths(lengths, block_stride)
                     mask = time_mask(lengths, -(-x.shape[2] // block_stride), self.dtype)
-                x = block_cls(self.width * mult, block_stride, self.dtype,
+                x = block_cls(planes, block_stride, self.dtype,
                               name=f"layer{stage}_{index}")(x, mask_in, mask, train)
                 x = _apply_mask(x, mask)
+            if count > ordinary:  # named after its first block
+                convs = reversible_lib.coupling_convs(self.reversible, self.block, x.shape[-1], planes)
+                x = reversible_lib.ReversibleStage(count - ordinary, convs, torch_default_kernel_init,
+                                                   self.unroll_scans, name=f"layer{stage}_{ordinary}")(x, mask, train)
+                x = x.astype(self.dtype)
+        if self.reversible == "full":  # the stream (width * 64 channels) to the ordinary model's last planes
+            x = nn.relu(_ConvBN(planes * block_cls.expansion, 1, 1, self.dtype, name="out_conv")(x, train))
+            x = _apply_mask(x, mask)
         stats = tstp(x.astype(jnp.float32), lengths)
         return nn.Dense(self.embed_dim, dtype=jnp.float32, kernel_init=torch_default_kernel_init,
                         bias_init=_torch_default_bias_init(stats.shape[-1]), name="seg_1")(stats)
