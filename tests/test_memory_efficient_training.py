@@ -1,0 +1,55 @@
+"""Training with 8-bit optimizer states and a reversible ResNet end to end: checkpoints hold uint8 states, and a
+run resumed from an intermediate checkpoint ends with the uninterrupted run's parameters."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from sv_jax import checkpoint as checkpoint_lib
+from sv_jax import input as input_lib
+from sv_jax import train
+
+
+@pytest.fixture(scope="module")
+def corpus_root(tmp_path_factory):
+    from data_pipeline import synthetic
+    root = tmp_path_factory.mktemp("corpus") / "synthetic"
+    synthetic.generate_corpus(root, input_lib.synthetic_spec(tiny.get_config().data), num_workers=1)
+    return root
+
+
+@pytest.mark.parametrize("optimizer, reversible", [("sgd", "partial"), ("adamw", "full")])
+def test_8bit_reversible_run_resumes_from_a_checkpoint_to_the_same_parameters(corpus_root, tmp_path, optimizer,
+                                                                              reversible):
+    config = tiny.get_config()
+    config.data.synthetic.root = str(corpus_root)
+    config.model.num_blocks = (2, 2, 2, 2)  # two blocks per stage: one coupling per stage with 'partial'
+    config.model.reversible = reversible
+    config.optim.name = optimizer
+    config.optim.state_bits = 8
+    config.train.keep_checkpoints = 10  # steps 3, 6, 9, 12
+    straight = tmp_path / "straight"
+    summary = train.train_and_evaluate(config, str(straight))
+    assert summary["steps"] == 12 and np.isfinite(summary["train"]["loss"])
+
+    checkpointer = checkpoint_lib.Checkpointer(straight)
+    raw = checkpointer.restore_raw(12)
+    dtypes = {np.asarray(leaf).dtype for leaf in jax.tree_util.tree_leaves(raw["opt_state"])}
+    assert np.dtype(np.uint8) in dtypes, f"no uint8 optimizer state in the checkpoint: {dtypes}"
+
+    # A run stopped after step 6: same workdir content up to there; rerunning resumes and continues the stream.
+    stopped = tmp_path / "stopped"
+    shutil.copytree(straight, stopped)
+    for step in (9, 12):
+        shutil.rmtree(stopped / "checkpoints" / str(step))
+    (stopped / "summary.json").unlink()
+    summary = train.train_and_evaluate(config, str(stopped))
+    assert summary["resumed_from_step"] == 6 and summary["steps"] == 12
+    resumed = checkpoint_lib.Checkpointer(stopped).restore_raw(12)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                           resumed["params"], raw["params"])
+    assert json.loads((stopped / "summary.json").read_text())["steps"] == 12
