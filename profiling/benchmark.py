@@ -10,7 +10,9 @@ block on its outputs. Inference is `model.embed` on [batch, num_frames] chunks.
 Monitoring overhead is measured in the same run: pairs of blocks, one without a monitor and one with the trainer's
 profiling hook (profiling.hooks.RunProfiler: a window every `profile.window_steps` steps, synchronised at its
 edges), in ABBA order; the overhead is the median over pairs of the monitored block's extra time, printed with
-every pair's figure and the unmonitored blocks' own spread (the machine's run-to-run noise).
+every pair's figure and the unmonitored blocks' own spread (the machine's run-to-run noise). Where that noise
+hides the difference (a shared CPU VM), `monitor_host_percent` bounds the cost directly: the time the hook itself
+spends on the host (its window-edge waits for the device, which overlap queued work, excluded) per step time.
 
 TFLOP/s use XLA's FLOP count of the compiled step (profiling.flops); MFU divides by the device's datasheet peak
 (profiling.peaks) for the compute dtype. Energy per step comes from the monitor's windows (NVML / RAPL); without a
@@ -58,6 +60,7 @@ class BenchmarkResult:
     monitor_overhead_percent: float  # median over pairs of (monitored / unmonitored block time - 1)
     monitor_overhead_pairs_percent: list  # every pair's figure, in run order
     noise_percent: float  # relative standard deviation of the unmonitored blocks: the machine's run-to-run noise
+    monitor_host_percent: float  # the hook's own host time (its waits for the device excluded) / monitored time
     train_utt_per_s: float
     train_tflops: float | None  # XLA FLOPs of the step / step time
     train_mfu: float | None
@@ -133,20 +136,26 @@ def main(argv) -> None:
     profile_config = config.profile.copy_and_resolve_references()
     with profile_config.unlocked():
         profile_config.skip_steps, profile_config.trace_steps = 1, ()
-    off, on, windows = [], [], []
+    off, on, windows, hook_host = [], [], [], []
 
     def monitored_block(carry):
         # The trainer's own hook, stepping exactly as train.py does.
         profiler = hooks.RunProfiler(profile_config, "/nonexistent", global_batch=batch_size,
                                      flops_per_step=train_flops, peak_tflops=peak, writer=_NoWriter(),
                                      write_files=False, monitor=monitor)
-        start = time.perf_counter()
+        start, in_hook = time.perf_counter(), 0.0
         for step in range(1, _STEPS.value + 1):
             carry = train_steps(carry)
+            hook_start = time.perf_counter()
             profiler.after_step(step, carry[1])
+            in_hook += time.perf_counter() - hook_start
+        hook_start = time.perf_counter()
         profiler.finish_training(_STEPS.value, carry[1])
+        in_hook += time.perf_counter() - hook_start
         windows.extend(profiler.windows)
-        return time.perf_counter() - start, carry
+        seconds = time.perf_counter() - start
+        hook_host.append((in_hook - profiler.sync_seconds) / seconds)
+        return seconds, carry
 
     # Pairs in ABBA order (off-on, on-off, ...) so that drift in machine speed cancels within two pairs.
     for pair in range(_BLOCKS.value):
@@ -178,6 +187,7 @@ def main(argv) -> None:
         monitor_overhead_percent=float(np.median(pair_percent)),
         monitor_overhead_pairs_percent=[round(float(p), 3) for p in pair_percent],
         noise_percent=float(100.0 * np.std(off) / np.mean(off)),
+        monitor_host_percent=float(100.0 * np.mean(hook_host)),
         train_utt_per_s=batch_size / step_s, train_tflops=tflops(train_flops, step_s),
         train_mfu=tflops(train_flops, step_s) / peak if peak and train_flops else None,
         infer_utt_per_s=batch_size / infer_s, infer_tflops=tflops(infer_flops, infer_s),

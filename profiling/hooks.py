@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import pathlib
+import time
 
 import jax
 
@@ -51,6 +52,7 @@ class RunProfiler:
         self.windows: list[dict] = []
         self.eval_measurement: dict | None = None
         self.idle_w: dict[str, float] = {}
+        self.sync_seconds = 0.0  # time spent waiting for the device at window edges (the benchmark subtracts it)
 
     # -- set up ---------------------------------------------------------------------------------------------------
 
@@ -112,8 +114,13 @@ class RunProfiler:
         if self._window_start is not None and done_step - self._window_start >= self.config.window_steps:
             self._close_window(done_step, done_outputs)
         if self._window_start is None and done_step - self._first_step + 1 >= self.config.skip_steps:
-            self.monitor.begin_window(_TRAIN_WINDOW, sync=lambda: jax.block_until_ready(done_outputs))
+            self.monitor.begin_window(_TRAIN_WINDOW, sync=lambda: self._sync(done_outputs))
             self._window_start = done_step
+
+    def _sync(self, outputs) -> None:
+        start = time.perf_counter()
+        jax.block_until_ready(outputs)
+        self.sync_seconds += time.perf_counter() - start
 
     def pause(self, step: int, outputs) -> None:
         """Closes the open window before non-training work (a mid-run evaluation); the next step reopens one."""
@@ -134,7 +141,7 @@ class RunProfiler:
                 self._window_start = None
 
     def _close_window(self, step: int, outputs) -> None:
-        measurement = self.monitor.end_window(_TRAIN_WINDOW, sync=lambda: jax.block_until_ready(outputs))
+        measurement = self.monitor.end_window(_TRAIN_WINDOW, sync=lambda: self._sync(outputs))
         steps = step - self._window_start
         record = {"step_start": self._window_start + 1, "step_end": step, "steps": steps,
                   **self._rates(measurement, steps, steps * self.global_batch, self.flops_per_step)}
