@@ -55,7 +55,7 @@ class BenchmarkResult:
     batch: int
     num_frames: int
     devices: str
-    train_step_s: float  # mean seconds per train step, monitor off
+    train_step_s: float  # median seconds per train step over blocks, monitor off
     train_step_s_monitored: float  # the same with the energy monitor's windows, as in training
     monitor_overhead_percent: float  # median over pairs of (monitored / unmonitored block time - 1)
     monitor_overhead_pairs_percent: list  # every pair's figure, in run order
@@ -119,8 +119,10 @@ def main(argv) -> None:
                       donate_argnums=0).lower(state, batch).compile()
     embed_fn = jax.jit(lambda v, f: model.apply(v, f, method=model.embed), in_shardings=(replicated, sharded),
                        out_shardings=replicated).lower(state.variables, batch["feats"]).compile()
-    train_flops = flops_lib.compiled_cost(step_fn, mesh.size)["flops"]
-    infer_flops = flops_lib.compiled_cost(embed_fn, mesh.size)["flops"]
+    # Checked counts: the CPU-compiled count where the backend's is unusable (cuDNN's -1), every coupling of a
+    # reversible model counted.
+    train_flops = flops_lib.train_step_cost(config, step_fn, batch_size, _NUM_CLASSES.value, mesh.size)["flops"]
+    infer_flops = flops_lib.forward_cost(model, state.variables, num_frames, bins, mesh, batch_size)["flops"]
     device_kind = devices[0].device_kind
     peak, peak_source = peaks.peak_tflops(device_kind, dtype, config.profile.peak_tflops)
 

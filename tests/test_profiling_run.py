@@ -2,6 +2,9 @@
 'unavailable' path when a machine has no sensor."""
 
 import json
+import pathlib
+import subprocess
+import sys
 import time
 
 import pytest
@@ -79,3 +82,20 @@ def test_without_sensors_windows_time_steps_and_energy_says_why(tmp_path):
     assert "475 gCO2eq/kWh" in writer.texts["profile/carbon"] and "none measured" in writer.texts["profile/carbon"]
     assert writer.scalars["profile/forward_gflops_per_utt"] == pytest.approx(0.1)
     assert "perf/tflops" in writer.scalars and "energy/j_per_step" not in writer.scalars
+
+
+def test_benchmark_cli_reports_speed_flops_and_monitor_cost():
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "profiling.benchmark", "--config=configs/tiny.py", "--batch=8", "--steps=6",
+         "--blocks=2", "--warmup=1", "--num_classes=6", "--json"],
+        cwd=repo, capture_output=True, text=True, check=True, timeout=600)
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert report["batch"] == 8 and report["num_frames"] == 50
+    assert report["train_step_s"] > 0 and report["train_utt_per_s"] == pytest.approx(8 / report["train_step_s"])
+    assert report["train_tflops"] > 0 and report["infer_tflops"] > 0  # checked XLA counts, not -1 or 0
+    assert len(report["monitor_overhead_pairs_percent"]) == 2
+    assert 0 <= report["monitor_host_percent"] < 100
+    # This VM (and CI) has no NVML or RAPL: energy is reported unavailable, with the reason.
+    if report["train_j_per_step"] is None:
+        assert report["energy_unavailable"]
