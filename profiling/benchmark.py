@@ -34,7 +34,7 @@ from profiling import energy as energy_lib
 from profiling import flops as flops_lib
 from profiling import hooks
 from profiling import peaks
-from sv_jax import models, optim, parallel, step as step_lib
+from sv_jax import parallel, step as step_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/r34.py", "an sv_jax config file", lock_config=True)
 _BATCH = flags.DEFINE_integer("batch", 128, "global batch (split over all local devices)")
@@ -99,26 +99,16 @@ def main(argv) -> None:
     parallel.check_global_batch(batch_size, mesh)
     with config.unlocked():
         config.model.dtype = dtype
-    model = models.create_model(config.model, _NUM_CLASSES.value)
-    steps_per_epoch = 1000
-    lr_fn = optim.create_schedule(config.optim, steps_per_epoch, config.train.num_epochs, batch_size)
-    tx = optim.create_optimizer(config.optim, lr_fn)
-    margin_fn = models.margin_schedule(config.loss.initial_margin, config.loss.final_margin,
-                                       config.loss.increase_start_epoch, config.loss.fix_start_epoch,
-                                       steps_per_epoch, config.loss.increase_type)
-    replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    # The trainer's step and inference programs, as profiling.flops lowers them; here on a concrete state.
+    programs = flops_lib.lower_programs(config, batch_size, _NUM_CLASSES.value, devices)
+    model, tx = programs.parts.model, programs.parts.tx
     state = jax.jit(lambda rng: step_lib.create_train_state(rng, model, tx, (num_frames, bins)),
-                    out_shardings=replicated)(jax.random.key(0))
+                    out_shardings=parallel.replicated(mesh))(jax.random.key(0))
     rng = np.random.default_rng(0)
     batch = parallel.shard_batch({
         "feats": rng.standard_normal((batch_size, num_frames, bins), np.float32),
         "label": rng.integers(0, _NUM_CLASSES.value, batch_size).astype(np.int32)}, mesh)
-    step_fn = jax.jit(lambda s, b: step_lib.train_step(s, b, model=model, tx=tx, learning_rate_fn=lr_fn,
-                                                    margin_fn=margin_fn),
-                      in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
-                      donate_argnums=0).lower(state, batch).compile()
-    embed_fn = jax.jit(lambda v, f: model.apply(v, f, method=model.embed), in_shardings=(replicated, sharded),
-                       out_shardings=replicated).lower(state.variables, batch["feats"]).compile()
+    step_fn, embed_fn = programs.train_step.compile(), programs.forward.compile()
     # Checked counts: the CPU-compiled count where the backend's is unusable (cuDNN's -1), every coupling of a
     # reversible model counted.
     train_flops = flops_lib.train_step_cost(config, step_fn, batch_size, _NUM_CLASSES.value, mesh.size)["flops"]

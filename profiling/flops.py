@@ -38,7 +38,6 @@ from ml_collections import config_flags
 
 from sv_jax import models
 from sv_jax.models import reversible
-from sv_jax import optim
 from sv_jax import parallel
 from sv_jax import step as step_lib
 
@@ -144,21 +143,24 @@ def unoptimized_flops(lowered: jax.stages.Lowered) -> float:
 SOURCE_UNROLLED = "xla-cpu (reversible stages' scans unrolled for counting)"
 
 
-def checked_cost(compiled: jax.stages.Compiled, minimum_flops: float, lower_for_cpu: Callable[[], Any],
-                 num_devices: int | None = None, reversible_mode: str = "none") -> CompiledCost:
-    """`compiled_cost`, or, when it is under 90% of `minimum_flops` (an analytic floor for the whole program),
-    the cost of `lower_for_cpu()` (the same program lowered for one CPU device) compiled, labelled so.
+def checked_cost(compiled: Callable[[], jax.stages.Compiled], minimum_flops: float,
+                 lower_for_cpu: Callable[[], Any], num_devices: int | None = None,
+                 reversible_mode: str = "none") -> CompiledCost:
+    """`compiled_cost` of `compiled()`, or, when it is under 90% of `minimum_flops` (an analytic floor for the
+    whole program), the cost of `lower_for_cpu()` (the same program lowered for one CPU device) compiled, labelled
+    so. Both are callables, so that nothing is compiled that is not counted.
 
-    For a reversible model (`reversible_mode` != 'none') XLA's count of `compiled` is always too low (its cost
+    For a reversible model (`reversible_mode` != 'none') XLA's count of `compiled()` is always too low (its cost
     analysis counts a lax.scan body once, not once per coupling), so the count is that of `lower_for_cpu()`, which
     must then lower the model with its scans unrolled (`models.create_model(..., unroll_scans=True)`).
     """
     if reversible_mode != "none":
         return {**compiled_cost(lower_for_cpu().compile(), 1), "source": SOURCE_UNROLLED}
-    cost = compiled_cost(compiled, num_devices)
+    program = compiled()
+    cost = compiled_cost(program, num_devices)
     if cost["flops"] >= _USABLE_FRACTION * minimum_flops:
         return cost
-    platform = next(iter(jax.tree_util.tree_leaves(compiled.input_shardings)[0].device_set)).platform
+    platform = next(iter(jax.tree_util.tree_leaves(program.input_shardings)[0].device_set)).platform
     return {**compiled_cost(lower_for_cpu().compile(), 1), "source": f"xla-cpu ({platform} count unusable)"}
 
 
@@ -251,6 +253,7 @@ class Programs(NamedTuple):
     train_step: jax.stages.Lowered  # sv_jax.step.train_step, state donated as in training
     state: Any  # TrainState of jax.ShapeDtypeStruct leaves
     num_devices: int
+    parts: step_lib.StepParts  # the model, optimizer and schedules they were lowered from
 
 
 def lower_programs(config, batch_size: int = DEFAULT_BATCH_SIZE, num_classes: int | None = None,
@@ -263,25 +266,16 @@ def lower_programs(config, batch_size: int = DEFAULT_BATCH_SIZE, num_classes: in
     num_classes = default_num_classes(config) if num_classes is None else num_classes
     mesh = parallel.create_mesh(devices)
     parallel.check_global_batch(batch_size, mesh)
-    replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    model = models.create_model(config.model, num_classes, unroll_scans=unroll_scans)
     # Schedules are scalar functions of the step: their length does not change the program's cost.
-    steps_per_epoch = config.train.steps_per_epoch or 1000
-    learning_rate_fn = optim.create_schedule(config.optim, steps_per_epoch, config.train.num_epochs, batch_size)
-    tx = optim.create_optimizer(config.optim, learning_rate_fn)
-    margin_fn = models.margin_schedule(config.loss.initial_margin, config.loss.final_margin,
-                                       config.loss.increase_start_epoch, config.loss.fix_start_epoch,
-                                       steps_per_epoch, config.loss.increase_type)
+    parts = step_lib.create_step_parts(config, num_classes, config.train.steps_per_epoch or 1000, batch_size,
+                                       unroll_scans=unroll_scans)
     feat_shape = (config.data.num_frames, config.data.num_mel_bins)
-    state = jax.eval_shape(lambda: step_lib.create_train_state(jax.random.key(0), model, tx, feat_shape))
+    state = jax.eval_shape(lambda: step_lib.create_train_state(jax.random.key(0), parts.model, parts.tx, feat_shape))
     feats = jax.ShapeDtypeStruct((batch_size, *feat_shape), jnp.float32)
     batch = {"feats": feats, "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
-    step = jax.jit(
-        lambda s, b: step_lib.train_step(s, b, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
-                                         margin_fn=margin_fn),
-        in_shardings=(replicated, sharded), out_shardings=(replicated, replicated), donate_argnums=0)
-    return Programs(forward=_lower_forward(model, state.variables, feats, mesh),
-                    train_step=step.lower(state, batch), state=state, num_devices=mesh.size)
+    return Programs(forward=_lower_forward(parts.model, state.variables, feats, mesh),
+                    train_step=step_lib.jit_train_step(parts, mesh).lower(state, batch), state=state,
+                    num_devices=mesh.size, parts=parts)
 
 
 def _lower_forward(model, variables, feats: jax.ShapeDtypeStruct, mesh) -> jax.stages.Lowered:
@@ -305,7 +299,7 @@ def forward_cost(model, variables, num_frames: int, num_mel_bins: int, mesh,
     minimum = 2 * backbone_macs(model.backbone, num_frames, num_mel_bins) * batch_size
     cpu_mesh = parallel.create_mesh(jax.devices("cpu")[:1])
     counted = model.clone(backbone=model.backbone.clone(unroll_scans=True))
-    cost = checked_cost(_lower_forward(model, variables, feats, mesh).compile(), minimum,
+    cost = checked_cost(_lower_forward(model, variables, feats, mesh).compile, minimum,
                         lambda: _lower_forward(counted, variables, feats, cpu_mesh), mesh.size,
                         model.backbone.reversible)
     return {**cost, "flops_per_utt": cost["flops"] / batch_size,
@@ -317,7 +311,7 @@ def train_step_cost(config, compiled_step: jax.stages.Compiled, batch_size: int,
     """`compiled_cost` of a trainer's compiled step for the global `batch_size`, validated against the analytic
     count; where the backend's count is unusable, that of the config's step compiled for one CPU device."""
     minimum = _train_step_minimum_flops(config, batch_size)
-    return checked_cost(compiled_step, minimum, lambda: lower_programs(
+    return checked_cost(lambda: compiled_step, minimum, lambda: lower_programs(
         config, batch_size, num_classes, jax.devices("cpu")[:1], unroll_scans=True).train_step, num_devices,
                         config.model.reversible)
 
@@ -339,9 +333,9 @@ def flops_report(config, batch_size: int = DEFAULT_BATCH_SIZE, num_classes: int 
     programs = lower_programs(config, batch_size, num_classes, devices)
     cpu_programs = functools.cache(lambda: lower_programs(config, batch_size, num_classes, jax.devices("cpu")[:1],
                                                           unroll_scans=True))
-    forward = checked_cost(programs.forward.compile(), 2 * macs_real * batch_size,
+    forward = checked_cost(programs.forward.compile, 2 * macs_real * batch_size,
                            lambda: cpu_programs().forward, programs.num_devices, config.model.reversible)
-    step = checked_cost(programs.train_step.compile(), _train_step_minimum_flops(config, batch_size),
+    step = checked_cost(programs.train_step.compile, _train_step_minimum_flops(config, batch_size),
                         lambda: cpu_programs().train_step, programs.num_devices, config.model.reversible)
     per_utt = lambda value: value / batch_size
     counted = cpu_programs() if config.model.reversible != "none" else programs  # what XLA counts in full

@@ -6,12 +6,16 @@ this step without importing the trainer.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
+
+from sv_jax import models
+from sv_jax import optim
+from sv_jax import parallel
 
 
 @flax.struct.dataclass
@@ -51,3 +55,30 @@ def train_step(state: TrainState, batch, *, model, tx, learning_rate_fn, margin_
     metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
                "lr": learning_rate_fn(state.step), "margin": margin}
     return new_state, metrics
+
+
+class StepParts(NamedTuple):
+    """What a config's train step is made of."""
+    model: models.SpeakerNet
+    tx: optax.GradientTransformation
+    learning_rate_fn: Callable
+    margin_fn: Callable
+
+
+def create_step_parts(config, num_classes: int, steps_per_epoch: int, global_batch: int, *,
+                      unroll_scans: bool = False) -> StepParts:
+    """The config's model, optimizer, learning-rate and margin schedules (`unroll_scans`: models.create_model)."""
+    learning_rate_fn = optim.create_schedule(config.optim, steps_per_epoch, config.train.num_epochs, global_batch)
+    margin_fn = models.margin_schedule(config.loss.initial_margin, config.loss.final_margin,
+                                       config.loss.increase_start_epoch, config.loss.fix_start_epoch,
+                                       steps_per_epoch, config.loss.increase_type)
+    return StepParts(models.create_model(config.model, num_classes, unroll_scans=unroll_scans),
+                     optim.create_optimizer(config.optim, learning_rate_fn), learning_rate_fn, margin_fn)
+
+
+def jit_train_step(parts: StepParts, mesh) -> Callable:
+    """`train_step` jit-compiled for `mesh`: state replicated and donated, batch sharded along 'data'."""
+    replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    return jax.jit(lambda s, b: train_step(s, b, model=parts.model, tx=parts.tx,
+                                           learning_rate_fn=parts.learning_rate_fn, margin_fn=parts.margin_fn),
+                   in_shardings=(replicated, sharded), out_shardings=(replicated, replicated), donate_argnums=0)

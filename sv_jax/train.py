@@ -23,10 +23,9 @@ from sv_jax import checkpoint as checkpoint_lib
 from sv_jax import evaluation
 from sv_jax import input as input_lib
 from sv_jax import models
-from sv_jax import optim
 from sv_jax import parallel
 from sv_jax import reporting
-from sv_jax.step import create_train_state, train_step
+from sv_jax import step as step_lib
 from profiling import flops as flops_lib
 from profiling import hooks
 from profiling import memory as memory_lib
@@ -85,28 +84,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     total_steps = config.train.num_epochs * steps_per_epoch
 
     # Model and optimizer.
-    model = models.create_model(config.model, data.num_classes)
-    learning_rate_fn = optim.create_schedule(config.optim, steps_per_epoch, config.train.num_epochs, global_batch)
-    tx = optim.create_optimizer(config.optim, learning_rate_fn)
-    margin_fn = models.margin_schedule(config.loss.initial_margin, config.loss.final_margin,
-                                       config.loss.increase_start_epoch, config.loss.fix_start_epoch,
-                                       steps_per_epoch, config.loss.increase_type)
+    parts = step_lib.create_step_parts(config, data.num_classes, steps_per_epoch, global_batch)
+    model, tx = parts.model, parts.tx
 
     # Sharding: state replicated, batch split along 'data'.
     mesh = parallel.create_mesh(devices)
     parallel.check_global_batch(global_batch, mesh)
     replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
     feat_shape = (config.data.num_frames, config.data.num_mel_bins)
-    state = jax.jit(lambda rng: create_train_state(rng, model, tx, feat_shape),
+    state = jax.jit(lambda rng: step_lib.create_train_state(rng, model, tx, feat_shape),
                     out_shardings=replicated)(jax.random.key(config.seed))
 
     # Step functions, compiled ahead of time: the compiled step's FLOP count and memory are part of the profile.
     batch_spec = {"feats": jax.ShapeDtypeStruct((global_batch, *feat_shape), jnp.float32, sharding=sharded),
                   "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=sharded)}
-    p_train_step = jax.jit(
-        lambda s, b: train_step(s, b, model=model, tx=tx, learning_rate_fn=learning_rate_fn, margin_fn=margin_fn),
-        in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
-        donate_argnums=0).lower(state, batch_spec).compile()
+    p_train_step = step_lib.jit_train_step(parts, mesh).lower(state, batch_spec).compile()
     embedder = evaluation.Embedder(model, mesh)
     profile = _profile_compiled(config, p_train_step, state, model, mesh, data.num_classes) if config.profile.enabled \
         else {}

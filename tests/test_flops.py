@@ -144,10 +144,10 @@ def test_compiled_cost_sums_over_devices():
 
 def test_unusable_count_falls_back_to_cpu_and_says_so():
     lowered = jax.jit(lambda a: a @ a).lower(jax.ShapeDtypeStruct((32, 32), jnp.float32))
-    cost = flops.checked_cost(lowered.compile(), minimum_flops=1e15, lower_for_cpu=lambda: lowered)
+    cost = flops.checked_cost(lowered.compile, minimum_flops=1e15, lower_for_cpu=lambda: lowered)
     assert cost["source"] == "xla-cpu (cpu count unusable)"
     assert cost["flops"] == pytest.approx(2 * 32 ** 3, rel=0.01) and cost["num_devices"] == 1
-    assert flops.checked_cost(lowered.compile(), 2 * 32 ** 3, lambda: None)["source"] == "xla"
+    assert flops.checked_cost(lowered.compile, 2 * 32 ** 3, lambda: None)["source"] == "xla"
 
 
 def test_trainer_entry_points_agree_with_the_report(basic_reports):
