@@ -11,7 +11,7 @@ import pytest
 
 from profiling import flops
 from profiling import memory
-from sv_jax import commands, models, train
+from sv_jax import commands, models, step as step_lib
 from sv_jax.models import resnet
 from sv_jax.models import reversible as rev
 
@@ -185,12 +185,12 @@ def test_trains_through_train_step(mode, dtype):
     model = models.create_model(config, num_classes=4)
     feats, labels = _normal((8, 30, 16), seed=13), jnp.arange(8) % 4
     tx = optax.adam(1e-3)
-    abstract = jax.eval_shape(lambda: train.create_train_state(jax.random.key(0), model, tx, feats.shape[1:]))
+    abstract = jax.eval_shape(lambda: step_lib.create_train_state(jax.random.key(0), model, tx, feats.shape[1:]))
     variables = _fill(abstract.variables, seed=14)
     state = abstract.replace(step=jnp.zeros((), jnp.int32), params=variables["params"],
                              batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]))
-    step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, learning_rate_fn=lambda _: 1e-3,
-                                                 margin_fn=lambda _: 0.0))
+    step = jax.jit(lambda s, b: step_lib.train_step(s, b, model=model, tx=tx, learning_rate_fn=lambda _: 1e-3,
+                                                    margin_fn=lambda _: 0.0))
     losses = []
     for _ in range(4):
         state, metrics = step(state, {"feats": feats, "label": labels})
