@@ -112,7 +112,7 @@ def main(argv) -> None:
     # Checked counts: the CPU-compiled count where the backend's is unusable (cuDNN's -1), every coupling of a
     # reversible model counted.
     train_flops = flops_lib.train_step_cost(config, step_fn, batch_size, _NUM_CLASSES.value, mesh.size)["flops"]
-    infer_flops = flops_lib.forward_cost(model, state.variables, num_frames, bins, mesh, batch_size)["flops"]
+    infer_flops = flops_lib.forward_step_cost(config, embed_fn, batch_size, _NUM_CLASSES.value, mesh.size)["flops"]
     device_kind = devices[0].device_kind
     peak, peak_source = peaks.peak_tflops(device_kind, dtype, config.profile.peak_tflops)
 

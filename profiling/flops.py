@@ -316,6 +316,16 @@ def train_step_cost(config, compiled_step: jax.stages.Compiled, batch_size: int,
                         config.model.reversible)
 
 
+def forward_step_cost(config, compiled_forward: jax.stages.Compiled, batch_size: int,
+                      num_classes: int | None = None, num_devices: int | None = None) -> CompiledCost:
+    """`compiled_cost` of a compiled `Programs.forward` for the global `batch_size`, checked like
+    `train_step_cost` (the CPU copy, scans unrolled, where the backend's count is unusable or rolled)."""
+    minimum = 2 * analytic_forward_macs(config.model, config.data.num_frames, config.data.num_mel_bins) * batch_size
+    return checked_cost(lambda: compiled_forward, minimum, lambda: lower_programs(
+        config, batch_size, num_classes, jax.devices("cpu")[:1], unroll_scans=True).forward, num_devices,
+                        config.model.reversible)
+
+
 def _train_step_minimum_flops(config, batch_size: int) -> float:
     # Forward plus at least one backward product per convolution: no cheaper than 2x the forward's MACs.
     macs = analytic_forward_macs(config.model, config.data.num_frames, config.data.num_mel_bins)
