@@ -20,7 +20,8 @@ def _modules_after_import(*modules: str) -> set[str]:
     # Models and optimisers work without TensorFlow or the data pipeline.
     (("sv_jax.models", "sv_jax.optim", "sv_jax.step"), ("tensorflow", "data_pipeline")),
     # Profiling measures the train step without importing the trainer (nor, through it, TensorFlow).
-    (("profiling.benchmark", "profiling.flops", "profiling.memory", "profiling.hooks"),
+    (("profiling.benchmark", "profiling.flops", "profiling.memory", "profiling.hooks", "profiling.flops_vs_joules",
+      "profiling.sweep", "profiling.study", "profiling.study_report"),
      ("sv_jax.train", "tensorflow")),
 ])
 def test_module_does_not_import(modules, forbidden):

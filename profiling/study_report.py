@@ -1,0 +1,232 @@
+"""The plots (PNG, matplotlib) and the markdown report of a `profiling.study.Study`.
+
+Every figure says what it is: cost axes name Joules or seconds, projected figures say "projection", quick runs say
+"quick" in titles and at the top of the report.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Any
+
+from profiling.study import Study
+
+STAGE_COLOURS = ("#4c72b0", "#55a868", "#c44e52", "#8172b2")
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # Files only; no display on training machines.
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _title(study: Study, text: str) -> str:
+    return f"{study.meta['sweep']}: {text}" + (" (quick numbers)" if study.meta["quick"] else "")
+
+
+def _cost_label(study: Study, program: str) -> str:
+    unit = "step" if program == "train" else "inference call"
+    return f"{'energy (J)' if study.energy else 'time (s)'} per {unit}"
+
+
+def plot_flops_vs_cost(study: Study, program: str, path: pathlib.Path) -> None:
+    plt = _pyplot()
+    unit = "step" if program == "train" else "call"
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    gflops = [r[f"{program}_flops_per_{unit}"] / 1e9 for r in study.rows]
+    mean, std = zip(*(study.cost(r, program) for r in study.rows))
+    ax.errorbar(gflops, mean, yerr=std, fmt="o", capsize=3, label="measured (mean ± sd over windows)")
+    for r, x, y in zip(study.rows, gflops, mean):
+        ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    fit = study.fits[program]["line"]
+    if fit is not None:
+        xs = [0.0, max(gflops) * 1.05]
+        ax.plot(xs, [fit.slope * 1e9 * x + fit.intercept for x in xs], "--", color="grey",
+                label=f"fit: {fit.slope * 1e9:.4g}·GFLOP {'+' if fit.intercept >= 0 else '−'} "
+                      f"{abs(fit.intercept):.3g}, R² {fit.r2:.3f}")
+    ax.set_xlabel(f"XLA GFLOP per {unit} (batch {study.rows[0]['batch_size']}"
+                  + (", varies" if len({r['batch_size'] for r in study.rows}) > 1 else "") + ")")
+    ax.set_ylabel(_cost_label(study, program))
+    ax.set_title(_title(study, f"{'training' if program == 'train' else 'inference'} FLOPs vs "
+                               f"{'energy' if study.energy else 'time'}"), fontsize=10)
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_eer_vs_cost(study: Study, path: pathlib.Path) -> None:
+    plt = _pyplot()
+    pareto = study.pareto
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    points = {p["variant"]: p for p in pareto["points"]}
+    ax.scatter([p["cost"] for p in points.values()], [p["eer_percent"] for p in points.values()], label="variants")
+    for p in points.values():
+        ax.annotate(p["variant"], (p["cost"], p["eer_percent"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    front = [points[v] for v in pareto["front"]]
+    ax.plot([p["cost"] for p in front], [p["eer_percent"] for p in front], "-", color="C1", label="Pareto front")
+    if pareto["knee"]:
+        k = points[pareto["knee"]]
+        ax.scatter([k["cost"]], [k["eer_percent"]], marker="*", s=220, color="C3", zorder=3,
+                   label=f"diminishing returns past {pareto['knee']}")
+    what = "kWh" if pareto["cost_key"] == "kwh" else "device-hours"
+    ax.set_xlabel(f"projected full-recipe training {what} (projection)")
+    ax.set_ylabel("EER (%)")
+    ax.set_title(_title(study, f"EER vs {what}"), fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_stages(study: Study, path: pathlib.Path) -> None:
+    """Blocks per stage next to training cost per utterance, one row per variant."""
+    plt = _pyplot()
+    rows = study.rows[::-1]  # first variant on top
+    names = [r["variant"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 0.45 * len(rows) + 1.6), sharey=True)
+    starts = [0] * len(rows)
+    for stage in range(4):
+        counts = [int(r["num_blocks"].split("-")[stage]) for r in rows]
+        left.barh(names, counts, left=starts, color=STAGE_COLOURS[stage], label=f"stage {stage + 1}")
+        starts = [s + c for s, c in zip(starts, counts)]
+    left.set_xlabel("blocks per stage")
+    left.set_xlim(right=max(starts) * 1.4)  # room for the legend beside the bars
+    left.legend(fontsize=7, loc="center right")
+    per_utt = [study.cost(r, "train")[0] / r["batch_size"] for r in rows]
+    right.barh(names, per_utt, color="grey")
+    for i, r in enumerate(rows):
+        label = f"{_num(r['train_flops_per_step'] / r['batch_size'] / 1e9)} GFLOP/utt"
+        if r.get("eer_percent") is not None:
+            label += f", EER {r['eer_percent']:.2f}%"
+        right.annotate(label, (per_utt[i], i), textcoords="offset points", xytext=(3, -3), fontsize=7)
+    right.set_xlabel(f"training {'J' if study.energy else 's'} per utterance")
+    right.set_xlim(right=max(per_utt) * 1.6)
+    fig.suptitle(_title(study, "stage distributions"), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_all(study: Study, out: pathlib.Path) -> dict[str, str]:
+    """Writes every plot the study supports; returns {what: file name}."""
+    images = {"train": "train_flops_vs_cost.png", "infer": "infer_flops_vs_cost.png", "stages": "stages.png"}
+    for program in ("train", "infer"):
+        plot_flops_vs_cost(study, program, out / images[program])
+    plot_stages(study, out / images["stages"])
+    if "front" in study.pareto:
+        images["eer"] = "eer_vs_cost.png"
+        plot_eer_vs_cost(study, out / images["eer"])
+    return images
+
+
+# --- Markdown -----------------------------------------------------------------------------------------------------
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def markdown(study: Study, images: dict[str, str]) -> str:
+    meta, u = study.meta, study.unit
+    settings, m = meta["settings"], meta["machine"]
+    dates = sorted(r["measured_at"] for r in study.rows)
+    out = [f"# Compute–energy study: {meta['sweep']}", "", meta.get("description", ""), ""]
+    if meta["quick"]:
+        out += ["> **Quick numbers** (`--quick`: smaller batch, 0.5-s chunks, short windows" +
+                (", a smoke training on a tiny synthetic corpus" if settings["train"] else "") +
+                "): for trying the tool out, not for conclusions.", ""]
+    if not study.energy:
+        out += [f"> **Time only**: no energy sensor was available ({study.why_time_only}). Every cost below is "
+                "seconds, not Joules; there are no kWh or CO2 figures.", ""]
+    sources = sorted({r["energy_sources"] for r in study.rows if r.get("energy_sources")})
+    out += [f"Measured {dates[0][:10]}" + (f" to {dates[-1][:10]}" if dates[-1][:10] != dates[0][:10] else "") +
+            f" on {m['cpu']} ({m['cpu_count']} cores), {m['devices']}, jax {m['jax']}. Per program, "
+            f"{settings['repetitions']} windows of at least {settings['window_s']:g} s of back-to-back calls on an "
+            f"in-memory batch, {settings['cooldown_s']:g} s idle before each; compilation and "
+            f"{settings['warmup_steps']} warm-up call(s) excluded."
+            + (f" Energy sources: {'; '.join(sources)}." if sources else ""), ""]
+
+    out += ["## Variants", ""]
+    header = ["variant", "blocks", "width", "dtype", "batch × frames", "params (M)", "train GFLOP/step",
+              "train GB/step", "infer GFLOP/utt", "activations (MB)", f"train {u}/step (mean ± sd)",
+              f"train {u}/utt", f"infer {u}/utt (mean ± sd)", f"train {u}/GFLOP", "EER %"]
+    table = []
+    for r in study.rows:
+        tm, ts = study.cost(r, "train")
+        im, isd = study.cost(r, "infer")
+        b = r["batch_size"]
+        table.append([r["variant"], f"{r['block']} {r['num_blocks']}", str(r["width"]), r["dtype"],
+                      f"{b} × {r['num_frames']}", _num(r["params"] / 1e6),
+                      _num(r["train_flops_per_step"] / 1e9, 4), _num(r["train_bytes_per_step"] / 1e9),
+                      _num(r["infer_flops_per_call"] / b / 1e9), _num(r["activation_bytes"] / 1e6),
+                      f"{_num(tm)} ± {_num(ts, 2)}", _num(tm / b), f"{_num(im / b)} ± {_num(isd / b, 2)}",
+                      _num(study.cost_per_gflop[r["variant"]]["train"]), _num(r.get("eer_percent"))])
+    out += [_table(header, table), ""]
+    if any(r.get("window_warnings") for r in study.rows):
+        out += ["Window warnings: " + "; ".join(w for r in study.rows for w in r.get("window_warnings", [])), ""]
+
+    out += [f"## FLOPs against {'energy' if study.energy else 'time'}", "",
+            f"Least squares over variants of {u} per call on XLA GFLOP per call (`{u} = a·GFLOP + b`), and on GFLOP "
+            "and GB accessed.", ""]
+    table = []
+    for program, what in (("train", "train step"), ("infer", "inference call")):
+        f, plane, c = study.fits[program]["line"], study.fits[program]["plane"], study.fits[program]["correlation"]
+        table.append([what, _num(f.slope * 1e9 if f else None, 4), _num(f.intercept if f else None, 4),
+                      _num(f.r2 if f else None, 4), _num(c["pearson_r"], 4), _num(c["spearman_rho"], 4),
+                      _num(study.fits[program]["correlation_bytes"]["pearson_r"], 4),
+                      _num(plane.r2 if plane else None, 4)])
+    out += [_table(["program", f"a ({u}/GFLOP)", f"b ({u}/call)", "R²", "Pearson r", "Spearman ρ",
+                    f"Pearson r ({u} vs bytes)", "R² with bytes"], table), ""]
+
+    out += ["## Accuracy against energy", ""]
+    pareto = study.pareto
+    if "missing" in pareto:
+        out += [f"No Pareto front: {pareto['missing']}.", ""]
+    else:
+        eer_rows = [r for r in study.rows if r.get("eer_percent") is not None]
+        how = {f"{r['train_run_steps']} steps, trial list '{r['eer_trials']}'" if "train_run_steps" in r
+               else "EER recorded in the row" for r in eer_rows}
+        out += [f"EER from training each variant with `python -m sv_jax.main` ({'; '.join(sorted(how))})"
+                + (": a smoke training on a tiny synthetic corpus, which does not rank the models." if meta["quick"]
+                   else ".") + f" Cost: projected full-recipe training "
+                f"{'kWh' if pareto['cost_key'] == 'kwh' else 'device-hours'} (below).", "",
+                f"Pareto front (cheapest first): {' → '.join(pareto['front'])}. "
+                + (f"Diminishing returns past **{pareto['knee']}** (the front's knee)." if pareto["knee"] else
+                   "No knee: the front has fewer than three points or none lies below the chord."), ""]
+        if pareto["marginal"]:
+            out += [_table(["step on the front", "EER points gained per unit of cost"],
+                           [[f"{m_['from']} → {m_['to']}", _num(m_["eer_points_per_cost"])]
+                            for m_ in pareto["marginal"]]), ""]
+
+    p = meta["projection"]
+    out += ["## Projection: the full recipe (a projection, not a measurement)", "",
+            f"{p['epochs']} epochs of {p['utterances_per_epoch']:,} utterances at global batch {p['global_batch']}, "
+            f"{p['num_frames']}-frame chunks, on the measured devices ({m['devices']}). Cost per utterance is scaled "
+            f"from the measured chunk to {p['num_frames']} frames by the analytic forward MACs and assumed equal at "
+            "batch " f"{p['global_batch']} to the measured batch's."
+            + (f" CO2: {meta['grid']['intensity_g_per_kwh']:g} g/kWh ({meta['grid']['intensity_source']}), "
+               f"PUE {meta['grid']['pue']:g} (an estimate)." if study.energy else ""), ""]
+    header = ["variant", "steps", "hours", "device-hours"] + (["kWh", "kg CO2eq"] if study.energy else [])
+    table = []
+    for r in study.rows:
+        proj = study.projection[r["variant"]]
+        table.append([r["variant"], f"{proj['steps']:,}", _num(proj["hours"]), _num(proj["device_hours"])]
+                     + ([_num(proj["kwh"]), _num(proj["co2_kg"])] if study.energy else []))
+    out += [_table(header, table), ""]
+    if study.failed:
+        out += ["## Failed variants", ""] + [f"- {v}: {why}" for v, why in study.failed.items()] + [""]
+    if images:
+        out += ["## Plots", ""] + [f"![{what}]({name})" for what, name in images.items()] + [""]
+    return "\n".join(out)
