@@ -11,6 +11,9 @@ import dataclasses
 import logging
 import pathlib
 
+import jax
+from jax.experimental import multihost_utils
+
 from data_pipeline import manifest as manifest_lib
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,12 @@ def resolve_data(data_config, workdir: str | pathlib.Path, need_train: bool = Tr
     if data_config.source == "synthetic":
         from data_pipeline import synthetic  # pylint: disable=import-outside-toplevel
         root = data_config.synthetic.root or pathlib.Path(workdir) / "synthetic"
+        # One process writes the corpus, the others wait for it and then read it (generate_corpus returns at once
+        # when the corpus is complete).
+        if jax.process_index() == 0:
+            synthetic.generate_corpus(root, synthetic_spec(data_config))
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("synthetic corpus written")
         corpus = synthetic.generate_corpus(root, synthetic_spec(data_config))
         train_dir, eval_root, trial_paths = corpus.train_dir, corpus.test_dir, [corpus.trials]
     else:

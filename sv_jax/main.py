@@ -1,5 +1,7 @@
 """Command line: `python -m sv_jax.main --config=configs/r34.py [--workdir=runs/r34] [--mode=train]`.
 
+Multi-process (several hosts, or several processes on one): see sv_jax/distributed.py for the flags.
+
 Modes: train (default; trains, resuming from the workdir's latest checkpoint, then evaluates), eval (evaluates the
 latest checkpoint), extract (embeddings of the audio files listed in --audio_list to --output .npy), describe (prints
 the model's parameter count and layer output shapes as JSON; no data, no training).
@@ -14,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports Te
 from absl import app, flags, logging  # pylint: disable=wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
-from sv_jax import commands
+from sv_jax import commands, distributed
 
 MODES = ("train", "eval", "extract", "describe")
 
@@ -24,6 +26,10 @@ flags.DEFINE_string("workdir", None, "Run directory; default runs/<config file s
 flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 flags.DEFINE_string("audio_list", None, "extract: text file with one audio path per line.")
 flags.DEFINE_string("output", None, "extract: .npy file for the [N, embed_dim] embeddings (list order).")
+flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 (with the next two).")
+flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes take part.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index, 0 .. num_processes - 1.")
+flags.DEFINE_bool("distributed", False, "Multi-process from the cluster environment JAX detects (SLURM, Open MPI).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -31,6 +37,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     _configure_logging()
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed)
     workdir = FLAGS.workdir or str(pathlib.Path("runs") / pathlib.Path(config_flags.get_config_filename(
         FLAGS["config"])).stem)
     std_logging.getLogger("sv_jax").info("mode %s, workdir %s", FLAGS.mode, workdir)
