@@ -24,6 +24,7 @@ from sv_jax import evaluation
 from sv_jax import input as input_lib
 from sv_jax import models
 from sv_jax import parallel
+from sv_jax import preemption
 from sv_jax import reporting
 from sv_jax import step as step_lib
 from profiling import flops as flops_lib
@@ -145,7 +146,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         train_log.append({"step": step, **means, **rates})
         return means
 
+    preempted_at = None
+    watcher = preemption.PreemptionWatcher()
     try:
+        watcher.__enter__()
         for step in range(start_step + 1, total_steps + 1):
             batch = next(batches)
             next_position = int(batch.pop("index")[-1]) + 1
@@ -156,11 +160,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
             if profiler:
                 profiler.after_step(step, metrics)
             is_last = step == total_steps
-            is_checkpoint = step % config.train.checkpoint_every_steps == 0 or is_last
+            stop = watcher.should_stop(step)  # a preemption notice: checkpoint this step and leave
+            is_checkpoint = step % config.train.checkpoint_every_steps == 0 or is_last or stop
             if step % config.train.log_every_steps == 0 or is_checkpoint:
                 last_metrics = flush_metrics(step)
             if is_checkpoint:
                 checkpointer.save(step, state, {"next_position": next_position, "step": step})
+            if stop and not is_last:
+                preempted_at = step
+                break
             if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 and not is_last:
                 if profiler:
                     profiler.pause(step, metrics)  # evaluation time is not training time
@@ -169,11 +177,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         if profiler:
             profiler.finish_training(int(state.step), state.step)
     finally:
+        watcher.__exit__()
         checkpointer.close()  # waits for an in-flight save, also when the loop fails
         # Free the endless input iterator here, also when the loop fails: left to interpreter shutdown (e.g. held
         # by a traceback), TF's map threads that call into Python can hang the exit (seen in a script that kept
         # a speed-perturbed pipeline's iterator in a global).
         batches.close()
+
+    if preempted_at is not None:
+        log.warning("stopped by %s after step %d of %d; its checkpoint is saved: run the same command to resume",
+                    watcher.signal_name, preempted_at, total_steps)
+        writer.flush()
+        if profiler:
+            profiler.close()
+        return {"preempted_at_step": preempted_at, "signal": watcher.signal_name, "steps": preempted_at}
 
     with profiler.eval_window(evaluation.num_embedded(config, data)) if profiler else contextlib.nullcontext():
         eval_results = evaluation.evaluate(embedder, state.variables, config, data)
