@@ -22,6 +22,12 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: pathlib.Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+
+
 def _title(study: Study, text: str) -> str:
     return f"{study.meta['sweep']}: {text}" + (" (quick numbers)" if study.meta["quick"] else "")
 
@@ -54,9 +60,7 @@ def plot_flops_vs_cost(study: Study, program: str, path: pathlib.Path) -> None:
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_eer_vs_cost(study: Study, path: pathlib.Path) -> None:
@@ -79,9 +83,7 @@ def plot_eer_vs_cost(study: Study, path: pathlib.Path) -> None:
     ax.set_ylabel("EER (%)")
     ax.set_title(_title(study, f"EER vs {what}"), fontsize=10)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_stages(study: Study, path: pathlib.Path) -> None:
@@ -108,9 +110,7 @@ def plot_stages(study: Study, path: pathlib.Path) -> None:
     right.set_xlabel(f"training {'J' if study.energy else 's'} per utterance")
     right.set_xlim(right=max(per_utt) * 1.6)
     fig.suptitle(_title(study, "stage distributions"), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_all(study: Study, out: pathlib.Path) -> dict[str, str]:
