@@ -34,7 +34,7 @@ from profiling import energy as energy_lib
 from profiling import flops as flops_lib
 from profiling import hooks
 from profiling import peaks
-from sv_jax import parallel, step as step_lib
+from sv_jax import parallel
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/r34.py", "an sv_jax config file", lock_config=True)
 _BATCH = flags.DEFINE_integer("batch", 128, "global batch (split over all local devices)")
@@ -93,7 +93,7 @@ def main(argv) -> None:
     del argv
     config = _CONFIG.value
     dtype = _DTYPE.value or config.model.dtype
-    batch_size, num_frames, bins = _BATCH.value, config.data.num_frames, config.data.num_mel_bins
+    batch_size, num_frames = _BATCH.value, config.data.num_frames
     devices = jax.local_devices()
     mesh = parallel.create_mesh(devices)
     parallel.check_global_batch(batch_size, mesh)
@@ -101,13 +101,7 @@ def main(argv) -> None:
         config.model.dtype = dtype
     # The trainer's step and inference programs, as profiling.flops lowers them; here on a concrete state.
     programs = flops_lib.lower_programs(config, batch_size, _NUM_CLASSES.value, devices)
-    model, tx = programs.parts.model, programs.parts.tx
-    state = jax.jit(lambda rng: step_lib.create_train_state(rng, model, tx, (num_frames, bins)),
-                    out_shardings=parallel.replicated(mesh))(jax.random.key(0))
-    rng = np.random.default_rng(0)
-    batch = parallel.shard_batch({
-        "feats": rng.standard_normal((batch_size, num_frames, bins), np.float32),
-        "label": rng.integers(0, _NUM_CLASSES.value, batch_size).astype(np.int32)}, mesh)
+    state, batch = flops_lib.random_inputs(programs, config, batch_size, _NUM_CLASSES.value, devices)
     step_fn, embed_fn = programs.train_step.compile(), programs.forward.compile()
     # Checked counts: the CPU-compiled count where the backend's is unusable (cuDNN's -1), every coupling of a
     # reversible model counted.

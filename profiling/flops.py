@@ -34,6 +34,7 @@ from typing import Any, Callable, NamedTuple, Sequence, TypedDict
 from absl import app, flags
 import jax
 import jax.numpy as jnp
+import numpy as np
 from ml_collections import config_flags
 
 from sv_jax import models
@@ -276,6 +277,21 @@ def lower_programs(config, batch_size: int = DEFAULT_BATCH_SIZE, num_classes: in
     return Programs(forward=_lower_forward(parts.model, state.variables, feats, mesh),
                     train_step=step_lib.jit_train_step(parts, mesh).lower(state, batch), state=state,
                     num_devices=mesh.size, parts=parts)
+
+
+def random_inputs(programs: Programs, config, batch_size: int, num_classes: int, devices: Sequence[jax.Device],
+                  seed: int = 0) -> tuple[Any, dict[str, jax.Array]]:
+    """A concrete, initialised state and one random batch for `programs`, placed as training places them; for
+    timing the compiled programs (benchmark, sweeps), where the values do not matter."""
+    mesh = parallel.create_mesh(devices)
+    model, tx = programs.parts.model, programs.parts.tx
+    feat_shape = (config.data.num_frames, config.data.num_mel_bins)
+    state = jax.jit(lambda rng: step_lib.create_train_state(rng, model, tx, feat_shape),
+                    out_shardings=parallel.replicated(mesh))(jax.random.key(seed))
+    rng = np.random.default_rng(seed)
+    batch = parallel.shard_batch({"feats": rng.standard_normal((batch_size, *feat_shape), np.float32),
+                                  "label": rng.integers(0, num_classes, batch_size).astype(np.int32)}, mesh)
+    return state, batch
 
 
 def _lower_forward(model, variables, feats: jax.ShapeDtypeStruct, mesh) -> jax.stages.Lowered:

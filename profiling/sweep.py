@@ -40,7 +40,7 @@ from profiling import flops as flops_lib
 from profiling import memory as memory_lib
 from profiling import sweep_config
 from profiling.sweep_config import Settings
-from sv_jax import models, parallel, step as step_lib
+from sv_jax import models, parallel
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +137,7 @@ def measure_variant(config: ml_collections.ConfigDict, setup: Settings, monitor:
     train_cost = flops_lib.train_step_cost(config, step_fn, batch_size, num_classes, mesh.size)
     infer_cost = flops_lib.forward_step_cost(config, embed_fn, batch_size, num_classes, mesh.size)
     memory = memory_lib.memory_from_compiled(step_fn, programs.state, batch_size=batch_size)
-    model, tx = programs.parts.model, programs.parts.tx
-    state = jax.jit(lambda rng: step_lib.create_train_state(rng, model, tx, (frames, bins)),
-                    out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
-    rng = np.random.default_rng(config.seed)
-    batch = parallel.shard_batch({"feats": rng.standard_normal((batch_size, frames, bins), np.float32),
-                                  "label": rng.integers(0, num_classes, batch_size).astype(np.int32)}, mesh)
+    state, batch = flops_lib.random_inputs(programs, config, batch_size, num_classes, devices, config.seed)
     carry = {"state": state}
 
     def train(n):

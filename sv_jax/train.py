@@ -147,42 +147,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         return means
 
     preempted_at = None
-    watcher = preemption.PreemptionWatcher()
-    try:
-        watcher.__enter__()
-        for step in range(start_step + 1, total_steps + 1):
-            batch = next(batches)
-            next_position = int(batch.pop("index")[-1]) + 1
-            if profiler:
-                profiler.before_step(step, pending[-1] if pending else state)
-            state, metrics = p_train_step(state, parallel.shard_batch(batch, mesh))
-            pending.append(metrics)
-            if profiler:
-                profiler.after_step(step, metrics)
-            is_last = step == total_steps
-            stop = watcher.should_stop(step)  # a preemption notice: checkpoint this step and leave
-            is_checkpoint = step % config.train.checkpoint_every_steps == 0 or is_last or stop
-            if step % config.train.log_every_steps == 0 or is_checkpoint:
-                last_metrics = flush_metrics(step)
-            if is_checkpoint:
-                checkpointer.save(step, state, {"next_position": next_position, "step": step})
-            if stop and not is_last:
-                preempted_at = step
-                break
-            if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 and not is_last:
+    with preemption.PreemptionWatcher() as watcher:  # SIGTERM/SIGINT: checkpoint the step, stop
+        try:
+            for step in range(start_step + 1, total_steps + 1):
+                batch = next(batches)
+                next_position = int(batch.pop("index")[-1]) + 1
                 if profiler:
-                    profiler.pause(step, metrics)  # evaluation time is not training time
-                writer.write_scalars(step, reporting.eval_scalars(
-                    evaluation.evaluate(embedder, state.variables, config, data)))
-        if profiler:
-            profiler.finish_training(int(state.step), state.step)
-    finally:
-        watcher.__exit__()
-        checkpointer.close()  # waits for an in-flight save, also when the loop fails
-        # Free the endless input iterator here, also when the loop fails: left to interpreter shutdown (e.g. held
-        # by a traceback), TF's map threads that call into Python can hang the exit (seen in a script that kept
-        # a speed-perturbed pipeline's iterator in a global).
-        batches.close()
+                    profiler.before_step(step, pending[-1] if pending else state)
+                state, metrics = p_train_step(state, parallel.shard_batch(batch, mesh))
+                pending.append(metrics)
+                if profiler:
+                    profiler.after_step(step, metrics)
+                is_last = step == total_steps
+                stop = watcher.should_stop(step)  # a preemption notice: checkpoint this step and leave
+                is_checkpoint = step % config.train.checkpoint_every_steps == 0 or is_last or stop
+                if step % config.train.log_every_steps == 0 or is_checkpoint:
+                    last_metrics = flush_metrics(step)
+                if is_checkpoint:
+                    checkpointer.save(step, state, {"next_position": next_position, "step": step})
+                if stop and not is_last:
+                    preempted_at = step
+                    break
+                if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 and not is_last:
+                    if profiler:
+                        profiler.pause(step, metrics)  # evaluation time is not training time
+                    writer.write_scalars(step, reporting.eval_scalars(
+                        evaluation.evaluate(embedder, state.variables, config, data)))
+            if profiler:
+                profiler.finish_training(int(state.step), state.step)
+        finally:
+            checkpointer.close()  # waits for an in-flight save, also when the loop fails
+            # Free the endless input iterator here, also when the loop fails: left to interpreter shutdown (e.g. held
+            # by a traceback), TF's map threads that call into Python can hang the exit (seen in a script that kept
+            # a speed-perturbed pipeline's iterator in a global).
+            batches.close()
 
     if preempted_at is not None:
         log.warning("stopped by %s after step %d of %d; its checkpoint is saved: run the same command to resume",
