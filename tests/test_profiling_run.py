@@ -49,7 +49,9 @@ def test_run_with_a_sensor_reports_flops_energy_carbon_and_traces(corpus_root, t
     assert measured["steps_measured"] == 8 and measured["energy_j"] == pytest.approx(
         sum(w["energy_j"] for w in windows))
     assert measured["carbon"]["g_co2eq"] == pytest.approx(measured["energy_j"] / 3.6e6 * 475.0)
-    assert profile["idle_w"] == {"gpu0": pytest.approx(POWER_W, rel=1e-3)}
+    # The fake sensor and the monitor read time.monotonic a few µs apart (tens of µs on a loaded 2-core CI VM,
+    # seen: +0.22% over this 0.2-s idle window), so the idle figure gets a looser bound than the windows above.
+    assert profile["idle_w"] == {"gpu0": pytest.approx(POWER_W, rel=1e-2)}
     assert profile["eval"]["energy_j"] > 0 and profile["eval"]["j_per_utt"] > 0
     assert list((workdir / "trace").rglob("*.xplane.pb")), "no jax.profiler trace written"
 
