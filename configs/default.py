@@ -93,6 +93,10 @@ def get_config():
     train.checkpoint_every_steps = 1000
     train.keep_checkpoints = 3
     train.eval_every_steps = 0  # 0 = evaluate only at the end
+    # A NaN/Inf loss or gradient: 'stop' ends the run with an error naming the step (the last checkpoint, written
+    # before it, is kept) | 'skip' leaves the state as it was, counts the step and goes on.
+    train.on_nonfinite = "stop"
+    train.max_skips_in_a_row = 20  # with 'skip': stop anyway after this many non-finite steps in a row (diverged)
 
     config.eval = ev = ml_collections.ConfigDict()
     ev.bucket_frames = 200  # utterances are padded to a multiple of this (exact: the model masks padding)

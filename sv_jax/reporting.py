@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import pathlib
 import time
 
@@ -70,9 +71,10 @@ class Progress:
     def line(self, step: int, metrics: dict[str, float]) -> str:
         rate = self.steady_utt_per_s() or self._rate * self.global_batch
         eta = (self.total_steps - step) * self.global_batch / rate if rate else float("nan")
-        return (f"step {step}/{self.total_steps}  loss {metrics['loss']:.4f}  acc {metrics['accuracy']:.3f}  "
-                f"lr {metrics['lr']:.3g}  margin {metrics['margin']:.3f}  {rate:.1f} utt/s  "
-                f"ETA {_duration(eta)}")
+        skipped = f"  skipped {metrics['skipped_steps']}" if metrics.get("skipped_steps") else ""
+        return (f"step {step}/{self.total_steps}  loss {metrics.get('loss', math.nan):.4f}  "
+                f"acc {metrics.get('accuracy', math.nan):.3f}  lr {metrics['lr']:.3g}  margin {metrics['margin']:.3f}  "
+                f"{rate:.1f} utt/s  ETA {_duration(eta)}{skipped}")
 
 
 def _duration(seconds: float) -> str:

@@ -6,6 +6,7 @@ this step without importing the trainer.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import flax
@@ -38,7 +39,10 @@ def create_train_state(rng, model, tx, feat_shape: tuple[int, int]) -> TrainStat
                       opt_state=tx.init(params))
 
 
-def train_step(state: TrainState, batch, *, model, tx, learning_rate_fn, margin_fn):
+def train_step(state: TrainState, batch, *, model, tx, learning_rate_fn, margin_fn, skip_nonfinite: bool = False):
+    """One SGD step. With `skip_nonfinite`, a step whose loss or gradients are NaN/Inf leaves parameters, batch
+    statistics and optimizer state as they were (the step counter still advances past the batch) and reports
+    `skipped` 1; without it, such a step is applied and the loop's check stops the run."""
     margin = margin_fn(state.step)
 
     def loss_fn(params):
@@ -54,6 +58,13 @@ def train_step(state: TrainState, batch, *, model, tx, learning_rate_fn, margin_
                            batch_stats=batch_stats, opt_state=opt_state)
     metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
                "lr": learning_rate_fn(state.step), "margin": margin}
+    if skip_nonfinite:
+        finite = functools.reduce(jnp.logical_and, [jnp.isfinite(x).all() for x in jax.tree.leaves((loss, grads))])
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = new_state.replace(params=keep(new_state.params, state.params),
+                                      batch_stats=keep(new_state.batch_stats, state.batch_stats),
+                                      opt_state=keep(new_state.opt_state, state.opt_state))
+        metrics["skipped"] = jnp.logical_not(finite).astype(jnp.int32)
     return new_state, metrics
 
 
@@ -63,22 +74,28 @@ class StepParts(NamedTuple):
     tx: optax.GradientTransformation
     learning_rate_fn: Callable
     margin_fn: Callable
+    skip_nonfinite: bool = False
 
 
 def create_step_parts(config, num_classes: int, steps_per_epoch: int, global_batch: int, *,
                       unroll_scans: bool = False) -> StepParts:
-    """The config's model, optimizer, learning-rate and margin schedules (`unroll_scans`: models.create_model)."""
+    """The config's model, optimizer, learning-rate and margin schedules (`unroll_scans`: models.create_model), and
+    whether a non-finite step is skipped (`train.on_nonfinite`)."""
     learning_rate_fn = optim.create_schedule(config.optim, steps_per_epoch, config.train.num_epochs, global_batch)
     margin_fn = models.margin_schedule(config.loss.initial_margin, config.loss.final_margin,
                                        config.loss.increase_start_epoch, config.loss.fix_start_epoch,
                                        steps_per_epoch, config.loss.increase_type)
+    if config.train.on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {config.train.on_nonfinite!r}")
     return StepParts(models.create_model(config.model, num_classes, unroll_scans=unroll_scans),
-                     optim.create_optimizer(config.optim, learning_rate_fn), learning_rate_fn, margin_fn)
+                     optim.create_optimizer(config.optim, learning_rate_fn), learning_rate_fn, margin_fn,
+                     skip_nonfinite=config.train.on_nonfinite == "skip")
 
 
 def jit_train_step(parts: StepParts, mesh) -> Callable:
     """`train_step` jit-compiled for `mesh`: state replicated and donated, batch sharded along 'data'."""
     replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
     return jax.jit(lambda s, b: train_step(s, b, model=parts.model, tx=parts.tx,
-                                           learning_rate_fn=parts.learning_rate_fn, margin_fn=parts.margin_fn),
+                                           learning_rate_fn=parts.learning_rate_fn, margin_fn=parts.margin_fn,
+                                           skip_nonfinite=parts.skip_nonfinite),
                    in_shardings=(replicated, sharded), out_shardings=(replicated, replicated), donate_argnums=0)

@@ -39,12 +39,41 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the last checkpoint (written before it) is kept."""
 
 
-def _check_finite(history: list[dict], first_step: int) -> None:
-    for offset, metrics in enumerate(history):
-        if not np.isfinite(metrics["loss"]):
-            raise NonFiniteLossError(
-                f"train/loss is {metrics['loss']} at step {first_step + offset + 1}: stopping; the last checkpoint "
-                f"before it is kept (lower optim.initial_lr or check the input data)")
+class _NonFiniteGuard:
+    """`train.on_nonfinite` applied to a log interval's fetched metrics, oldest first.
+
+    'stop': the first NaN/Inf loss raises NonFiniteLossError naming its step. 'skip': the step already left the state
+    unchanged (sv_jax.step); here it is counted and logged, and `max_skips_in_a_row` of them in a row raise.
+    """
+
+    def __init__(self, train_config, skipped_before: int = 0):
+        self.skip = train_config.on_nonfinite == "skip"
+        self.max_in_a_row = train_config.max_skips_in_a_row
+        self.skipped, self.in_a_row = skipped_before, 0
+
+    def check(self, history: list[dict], first_step: int) -> list[dict]:
+        """The metrics of the steps that were applied; raises if the run must stop."""
+        applied = []
+        for step, metrics in enumerate(history, start=first_step + 1):
+            if not self.skip:
+                if not np.isfinite(metrics["loss"]):
+                    raise NonFiniteLossError(
+                        f"train/loss is {metrics['loss']} at step {step}: stopping; the last checkpoint before it is "
+                        f"kept (lower optim.initial_lr, check the input data, or set train.on_nonfinite='skip')")
+                applied.append(metrics)
+            elif metrics["skipped"]:
+                self.skipped += 1
+                self.in_a_row += 1
+                log.warning("step %d: loss %s, non-finite loss or gradients: step skipped (%d so far)", step,
+                            metrics["loss"], self.skipped)
+                if self.in_a_row > self.max_in_a_row:
+                    raise NonFiniteLossError(
+                        f"train/loss or gradients non-finite in {self.in_a_row} steps in a row up to step {step} "
+                        f"(train.max_skips_in_a_row={self.max_in_a_row}): stopping; the last checkpoint is kept")
+            else:
+                self.in_a_row = 0
+                applied.append(metrics)
+        return applied
 
 
 def _profile_compiled(config, compiled_step, state, model, mesh, num_classes: int) -> dict:
@@ -106,11 +135,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
 
     # Checkpoint restore.
     checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
-    next_position = 0
+    next_position, meta = 0, {}
     restored = checkpointer.restore(state)
     if restored is not None:
         state, meta = restored
         next_position = int(meta["next_position"])
+    nonfinite = _NonFiniteGuard(config.train, skipped_before=int(meta.get("skipped_steps", 0)))
     start_step = int(state.step)
     if start_step:
         log.info("resuming at step %d of %d (data stream position %d)", start_step, total_steps, next_position)
@@ -137,9 +167,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         """The one host sync of a log interval; it runs before every checkpoint, so NaN is never saved."""
         history = jax.device_get(pending)
         pending.clear()
-        _check_finite(history, step - len(history))
-        means = {k: float(np.mean([m[k] for m in history])) for k in ("loss", "accuracy")}
+        applied = nonfinite.check(history, step - len(history))
+        means = {k: float(np.mean([m[k] for m in applied])) for k in ("loss", "accuracy")} if applied else {}
         means.update(lr=float(history[-1]["lr"]), margin=float(history[-1]["margin"]))
+        if nonfinite.skip:
+            means["skipped_steps"] = nonfinite.skipped
         rates = progress.update(step, len(history))
         writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()} | rates)
         log.info(progress.line(step, means))
@@ -164,7 +196,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                 if step % config.train.log_every_steps == 0 or is_checkpoint:
                     last_metrics = flush_metrics(step)
                 if is_checkpoint:
-                    checkpointer.save(step, state, {"next_position": next_position, "step": step})
+                    checkpointer.save(step, state, {"next_position": next_position, "step": step,
+                                                     "skipped_steps": nonfinite.skipped})
                 if stop and not is_last:
                     preempted_at = step
                     break
@@ -203,6 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         "wall_seconds": time.time() - wall_start,
         "devices": [str(d) for d in mesh.devices.flat],
         "train": last_metrics,
+        "nonfinite_steps_skipped": nonfinite.skipped,
         "throughput_utt_per_s": progress.steady_utt_per_s(),
         "data": {"train_utterances": len(data.train), "speakers": data.train.num_speakers,
                  "classes": data.num_classes, "source": str(data.train_shards.root if data.train_shards else
