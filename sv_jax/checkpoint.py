@@ -1,7 +1,10 @@
 """Orbax checkpoints of the train state plus the data-stream position, saved atomically, restored on start.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a run killed mid-save (even by
-SIGKILL) leaves the previous checkpoints intact and the partial one is ignored on restart.
+SIGKILL) leaves the previous checkpoints intact and the partial one is ignored on restart. A finished checkpoint
+that later goes bad (a truncated or overwritten file, a missing part) fails to restore: `Checkpointer.restore` then
+warns, falls back to the newest one that restores, and renames the bad ones `<step>.unreadable` (kept, not deleted;
+orbax no longer sees them, so the step can be saved again).
 """
 
 from __future__ import annotations
@@ -12,8 +15,13 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
+
+
+class UnreadableCheckpointError(RuntimeError):
+    """Checkpoints exist, but none of them restores."""
 
 
 class Checkpointer:
@@ -35,15 +43,55 @@ class Checkpointer:
                                                          meta=ocp.args.JsonSave(meta)), force=True)
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict] | None:
-        """(state, meta) of `step` (default: the latest), placed like `abstract_state`; None if there is none."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            return None
+        """(state, meta) placed like `abstract_state`: of `step`, or by default of the newest checkpoint that restores
+        (newer unreadable ones are set aside with a warning); None if there is none.
+
+        Raises UnreadableCheckpointError when checkpoints exist but none restores (nothing is renamed then).
+        """
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        if step is not None:
+            return self._restore(abstract, step)
+        unreadable = []
+        for candidate in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                restored = self._restore(abstract, candidate)
+            except Exception as error:  # orbax and tensorstore raise plain Exception, OSError, KeyError, ValueError
+                log.warning("checkpoint of step %d in %s does not restore (%s: %s); trying the one before",
+                            candidate, self.directory, type(error).__name__, str(error).splitlines()[0][:300])
+                unreadable.append((candidate, error))
+                continue
+            if unreadable:
+                self._set_aside([s for s, _ in unreadable])
+                log.warning("resuming from step %d instead of %d; unreadable checkpoints renamed %s", candidate,
+                            unreadable[0][0], ", ".join(f"{s}.unreadable" for s, _ in unreadable))
+            return restored
+        if unreadable:
+            step, error = unreadable[0]
+            raise UnreadableCheckpointError(
+                f"no checkpoint in {self.directory} restores (steps {[s for s, _ in unreadable]}); the newest, step "
+                f"{step}, failed with {type(error).__name__}: {str(error).splitlines()[0][:500]}. Was the config "
+                f"changed since they were written? To start afresh, use another workdir.") from error
+        return None
+
+    def _restore(self, abstract: Any, step: int) -> tuple[Any, dict]:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         log.info("restored checkpoint of step %d from %s", step, self.directory)
         return restored["state"], dict(restored["meta"])
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Renames step directories `<step>.unreadable` (process 0; all processes wait) and rescans."""
+        if jax.process_index() == 0:
+            for step in steps:
+                source = self.directory / str(step)
+                target = source.with_name(f"{step}.unreadable")
+                suffix = 1
+                while target.exists():
+                    target, suffix = source.with_name(f"{step}.unreadable.{suffix}"), suffix + 1
+                source.rename(target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("sv_jax.checkpoint.set_aside")
+        self._manager.reload()
 
     def restore_raw(self, step: int) -> dict:
         """The saved state of `step` as a plain tree of arrays (for inference: no optimizer needed)."""
