@@ -8,7 +8,9 @@ of windows too: an open window is closed before a trace starts. Every window giv
 `<workdir>/energy.jsonl` and TensorBoard scalars (`energy/j_per_step`, `energy/j_per_utt`, `power/gpu_w`,
 `power/cpu_w`, `carbon/g_total`, `perf/tflops`, `perf/mfu`); evaluation is one more window whose energy is divided
 by the utterances embedded. Energy figures come only from sensors (NVML, RAPL); without one, the windows still time
-the steps and the energy fields say "unavailable" with the reason.
+the steps and the energy fields say "unavailable" with the reason. A sensor that fails mid-run never stops training:
+a window with failed reads is marked `complete: false` with the reason in `warnings`, and one left without a figure
+for some domain gets no energy total ("missing: ...") and is kept out of the run's energy sums.
 """
 
 from __future__ import annotations
@@ -166,7 +168,8 @@ class RunProfiler:
         if flops_per_step and seconds > 0:
             out["tflops"] = flops_per_step * steps / seconds / 1e12
             out["mfu"] = out["tflops"] / self.peak_tflops if self.peak_tflops else None
-        if measurement.available:
+        missing = [d for d in self.monitor.sources if d not in measurement.sources]
+        if measurement.available and not missing:
             energy_j = measurement.total_j
             out.update(energy_j=energy_j, j_per_step=energy_j / steps if steps else None,
                        j_per_utt=energy_j / utterances if utterances else None,
@@ -175,6 +178,8 @@ class RunProfiler:
                        sources=dict(measurement.sources), complete=measurement.complete)
             if self.idle_w:
                 out["dynamic_j"] = measurement.dynamic_j(self.idle_w)
+        elif self.monitor.available:  # a sensor failed at an edge: no total rather than a partial one
+            out.update(energy=f"missing: no figure for {', '.join(missing)} (sensor read failed)", complete=False)
         else:
             out["energy"] = f"unavailable: {self.unavailable_reason()}"
         if measurement.warnings:
@@ -205,7 +210,8 @@ class RunProfiler:
         """The summary.json `profile` section for the energy side (FLOPs and memory are added by the trainer)."""
         measured = [w for w in self.windows if w.get("energy_j") is not None]
         train = {"windows": len(self.windows), "steps_measured": sum(w["steps"] for w in self.windows),
-                 "seconds_measured": sum(w["seconds"] for w in self.windows)}
+                 "seconds_measured": sum(w["seconds"] for w in self.windows),
+                 "windows_incomplete": sum(not w.get("complete", True) for w in self.windows)}
         if self.windows and self.flops_per_step:
             train["tflops"] = self.flops_per_step * train["steps_measured"] / train["seconds_measured"] / 1e12
             train["mfu"] = train["tflops"] / self.peak_tflops if self.peak_tflops else None
@@ -214,7 +220,8 @@ class RunProfiler:
             steps = sum(w["steps"] for w in measured)
             train.update(energy_j=energy_j, kwh=energy_j / 3.6e6, carbon=self.carbon.estimate(energy_j).to_dict(),
                          j_per_step=energy_j / steps, j_per_utt=energy_j / (steps * self.global_batch),
-                         sources=measured[-1]["sources"], complete=all(w["complete"] for w in measured),
+                         sources=measured[-1]["sources"], complete=len(measured) == len(self.windows) and all(
+                             w["complete"] for w in measured), steps_with_energy=steps,
                          # An estimate, and labelled so: measured J per step times every step the run took.
                          energy_j_all_steps_estimate=energy_j / steps * total_steps_run)
         else:
