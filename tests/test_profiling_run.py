@@ -1,5 +1,5 @@
-"""Profiling inside a training run: FLOPs, memory, energy windows (a fake sensor), carbon, traces, and the
-'unavailable' path when a machine has no sensor."""
+"""Profiling inside a training run: FLOPs, memory, energy windows (a fake sensor), carbon, traces, a sensor failing
+mid-run, and the 'unavailable' path when a machine has no sensor."""
 
 import json
 import pathlib
@@ -54,6 +54,47 @@ def test_run_with_a_sensor_reports_flops_energy_carbon_and_traces(corpus_root, t
     assert profile["idle_w"] == {"gpu0": pytest.approx(POWER_W, rel=1e-2)}
     assert profile["eval"]["energy_j"] > 0 and profile["eval"]["j_per_utt"] > 0
     assert list((workdir / "trace").rglob("*.xplane.pb")), "no jax.profiler trace written"
+
+
+def test_sensor_failing_mid_run_marks_its_window_incomplete_and_training_goes_on(corpus_root, tmp_path,
+                                                                                 monkeypatch):
+    class FlakySensor(energy.FakeSensor):
+        fail_next_read = False
+
+        def read_j(self):
+            self.failing, self.fail_next_read = self.fail_next_read, False
+            return super().read_j()
+
+    sensor = FlakySensor({"gpu0": POWER_W}, time.monotonic)
+    real_monitor, real_after_step = energy.EnergyMonitor, hooks.RunProfiler.after_step
+    monkeypatch.setattr(energy, "EnergyMonitor", lambda **kwargs: real_monitor([sensor], **kwargs))
+
+    def after_step(self, step, outputs):
+        sensor.fail_next_read = step == 9  # the read that closes the window of steps 6-8
+        real_after_step(self, step, outputs)
+
+    monkeypatch.setattr(hooks.RunProfiler, "after_step", after_step)
+    config = tiny.get_config()
+    config.data.synthetic.root = str(corpus_root)
+    config.profile.update(skip_steps=2, window_steps=3, idle_seconds=0.0)
+    workdir = tmp_path / "run"
+
+    summary = train.train_and_evaluate(config, str(workdir))
+
+    assert summary["steps"] == 12 and summary["eval"]["trials"]["num_trials"] > 0  # trained and evaluated
+    windows = {(w["step_start"], w["step_end"]): w
+               for w in map(json.loads, (workdir / "energy.jsonl").read_text().splitlines())}
+    assert list(windows) == [(3, 5), (6, 8), (9, 11), (12, 12)]
+    broken = windows.pop((6, 8))
+    assert broken["complete"] is False and "energy_j" not in broken
+    assert broken["energy"] == "missing: no figure for gpu0 (sensor read failed)"
+    assert any("1 failed reads in the window" in w for w in broken["warnings"])
+    for w in windows.values():  # before and after the failure: measured as usual
+        assert w["complete"] is True and w["energy_j"] == pytest.approx(POWER_W * w["seconds"], rel=1e-3)
+    measured = summary["profile"]["train"]
+    assert measured["windows_incomplete"] == 1 and measured["complete"] is False
+    assert measured["steps_with_energy"] == 7 and measured["steps_measured"] == 10
+    assert measured["energy_j"] == pytest.approx(sum(w["energy_j"] for w in windows.values()))
 
 
 def test_without_sensors_windows_time_steps_and_energy_says_why(tmp_path):
