@@ -237,7 +237,7 @@ def _shard_examples(train, shard_set, seed, start_index, draw_speed, read_length
     index = this process's position * process_count + process_index."""
     table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
         tf.constant(list(train.speaker_ids)), tf.range(train.num_speakers, dtype=tf.int32)), default_value=-1)
-    # The checkpoint's next position is global (process 0's last index + 1); every process consumed as many.
+    # start_index is this process's next index (its last index + 1, or 0): the local position after its last one.
     start_local = -(-start_index // process_count)
     records = shards_lib.create_shard_dataset(
         shard_set, seed=seed, start_position=start_local, shuffle_buffer=shuffle_buffer,

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from sv_jax import checkpoint as checkpoint_lib
 from sv_jax import evaluation
@@ -74,6 +75,27 @@ class _NonFiniteGuard:
                 self.in_a_row = 0
                 applied.append(metrics)
         return applied
+
+
+def _all_positions(next_position: int, process_count: int) -> list[int]:
+    """Every process's next data-stream position, in process order (a collective when there are several)."""
+    if process_count == 1:
+        return [next_position]
+    return [int(p) for p in multihost_utils.process_allgather(np.asarray(next_position, np.int64))]
+
+
+def _resume_position(meta: dict, process_index: int, process_count: int) -> int:
+    """This process's position to resume its share of the data stream from.
+
+    Each process reads every `process_count`-th position of the stream, so each resumes from its own next position.
+    A checkpoint from a run with another process count can only resume from the furthest one: the order differs
+    from an uninterrupted run's from there on (said in a warning)."""
+    positions = [int(p) for p in meta.get("next_positions", [meta["next_position"]])]
+    if len(positions) == process_count:
+        return positions[process_index]
+    log.warning("the checkpoint was written by %d processes, this run has %d: the data stream resumes from position "
+                "%d, so its order is not an uninterrupted run's", len(positions), process_count, max(positions))
+    return max(positions)
 
 
 def _profile_compiled(config, compiled_step, state, model, mesh, num_classes: int) -> dict:
@@ -139,7 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     restored = checkpointer.restore(state)
     if restored is not None:
         state, meta = restored
-        next_position = int(meta["next_position"])
+        next_position = _resume_position(meta, process_index, process_count)
     nonfinite = _NonFiniteGuard(config.train, skipped_before=int(meta.get("skipped_steps", 0)))
     start_step = int(state.step)
     if start_step:
@@ -196,8 +218,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                 if step % config.train.log_every_steps == 0 or is_checkpoint:
                     last_metrics = flush_metrics(step)
                 if is_checkpoint:
-                    checkpointer.save(step, state, {"next_position": next_position, "step": step,
-                                                     "skipped_steps": nonfinite.skipped})
+                    positions = _all_positions(next_position, process_count)
+                    checkpointer.save(step, state, {"next_position": max(positions), "next_positions": positions,
+                                                     "step": step, "skipped_steps": nonfinite.skipped})
                 if stop and not is_last:
                     preempted_at = step
                     break

@@ -1,12 +1,16 @@
-"""Multi-process training with jax.distributed: 2 processes on localhost (CPU, 2 devices each, gloo collectives)
-train the same steps as one process with 4 devices and the same global batch."""
+"""Multi-process training with jax.distributed: 2 processes on localhost (CPU, 2 devices each, gloo collectives),
+stopped by a SIGTERM to one of them and resumed, train the same steps as one process with 4 devices and the same
+global batch."""
 
 import json
 import os
 import pathlib
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -26,44 +30,66 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+STEPS = 18  # 6 epochs of 3 steps, a checkpoint every 3
+
+
 def _config(corpus):
     config = tiny.get_config()
     config.data.synthetic.root = str(corpus)
     config.data.dither = 0.0  # the dither noise is seeded per process batch, so it depends on the process layout
-    config.train.num_epochs = 2
+    config.train.num_epochs = STEPS // 3
     return config
 
 
-def test_two_processes_train_like_one(tmp_path):
+def test_two_processes_train_like_one_and_stop_together_on_sigterm(tmp_path):
     from data_pipeline import synthetic
     corpus = tmp_path / "corpus"
     synthetic.generate_corpus(corpus, input_lib.synthetic_spec(tiny.get_config().data), num_workers=1)
     workdir = tmp_path / "two"
-    port = _free_port()
     flags = [f"--config={ROOT / 'configs/tiny.py'}", f"--workdir={workdir}", f"--config.data.synthetic.root={corpus}",
-             "--config.data.dither=0.0", "--config.train.num_epochs=2", f"--coordinator_address=localhost:{port}",
-             "--num_processes=2"]
+             "--config.data.dither=0.0", f"--config.train.num_epochs={STEPS // 3}", "--num_processes=2"]
     env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    processes = [subprocess.Popen([sys.executable, "-m", "sv_jax.main", *flags, f"--process_id={i}"], cwd=ROOT,
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for i in range(2)]
-    outputs = [p.communicate(timeout=600)[0] for p in processes]
-    for i, (p, out) in enumerate(zip(processes, outputs)):
-        assert p.returncode == 0, f"process {i}:\n{out[-3000:]}"
+
+    def start():
+        port = _free_port()
+        return [subprocess.Popen([sys.executable, "-m", "sv_jax.main", *flags, f"--coordinator_address=localhost:{port}",
+                                  f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True) for i in range(2)]
+
+    def finish(processes):
+        outputs = [p.communicate(timeout=600)[0] for p in processes]
+        for i, (p, out) in enumerate(zip(processes, outputs)):
+            assert p.returncode == 0, f"process {i}:\n{out[-3000:]}"
+        return outputs
+
+    # A scheduler's notice to one process: JAX's preemption service stops both at the same step, checkpointed.
+    processes = start()
+    checkpoints = workdir / "checkpoints"
+    deadline = time.time() + 600
+    while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+        assert time.time() < deadline and all(p.poll() is None for p in processes), "no checkpoint written"
+        time.sleep(0.01)
+    processes[1].send_signal(signal.SIGTERM)
+    outputs = finish(processes)
     assert "process 0 of 2: 2 local of 4 devices" in outputs[0]
+    stops = [re.findall(r"stopped by SIGTERM \(JAX preemption service\) after step (\d+) of", out) for out in outputs]
+    assert stops[0] == stops[1] and len(stops[0]) == 1, stops
+    stopped = int(stops[0][0])
+    assert stopped < STEPS and (checkpoints / str(stopped)).is_dir() and not (workdir / "summary.json").exists()
+
+    finish(start())  # the same command resumes both
 
     one = train.train_and_evaluate(_config(corpus), str(tmp_path / "one"), devices=jax.devices()[:4])
-
     two_log = [json.loads(line) for line in (workdir / "train_log.jsonl").read_text().splitlines()]
     one_log = [json.loads(line) for line in (tmp_path / "one" / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in two_log] == [r["step"] for r in one_log] == list(range(1, 7))
+    assert [r["step"] for r in two_log] == [r["step"] for r in one_log] == list(range(1, STEPS + 1))
     # Same utterances, crops and features in each global batch, in another row order: equal up to float sums.
     np.testing.assert_allclose([r["loss"] for r in two_log], [r["loss"] for r in one_log], rtol=1e-5)
     summary = json.loads((workdir / "summary.json").read_text())
-    assert summary["steps"] == one["steps"] == 6 and len(summary["devices"]) == 4
-    # Only process 0 writes events and summaries; both took part in the checkpoints.
-    assert len(list(workdir.glob("events.out.tfevents.*"))) == 1
-    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
+    assert summary["steps"] == one["steps"] == STEPS and summary["resumed_from_step"] == stopped
+    assert len(summary["devices"]) == 4
+    # Only process 0 writes events (one file per start) and summaries; both took part in the checkpoints.
+    assert len(list(workdir.glob("events.out.tfevents.*"))) == 2
 
 
 def test_partial_multiprocess_flags_are_an_error():
@@ -73,3 +99,10 @@ def test_partial_multiprocess_flags_are_an_error():
         distributed.initialize("localhost:1234", 2, 2)
     distributed.initialize()  # nothing asked for: nothing done
     assert jax.process_count() == 1
+
+
+def test_each_process_resumes_its_own_share_of_the_stream(caplog):
+    meta = {"next_position": 17, "next_positions": [16, 17], "step": 2}
+    assert [train._resume_position(meta, i, 2) for i in range(2)] == [16, 17]
+    assert train._resume_position({"next_position": 8, "step": 1}, 0, 1) == 8  # one process, older checkpoints
+    assert train._resume_position(meta, 0, 1) == 17 and "written by 2 processes, this run has 1" in caplog.text
