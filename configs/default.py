@@ -113,6 +113,9 @@ def get_config():
     profile.idle_seconds = 5.0  # idle power measured before training, to separate dynamic from static energy
     profile.poll_interval_s = 0.1  # power-sampling period where a sensor has no energy counter
     profile.trace_steps = ()  # steps traced with jax.profiler into <workdir>/trace, e.g. (20, 21, 22)
+    # Python calls in traces too. Off: JAX's Python tracer hooks every thread, and stopping it while orbax's
+    # checkpoint threads come and go crashed (segfault in stop_trace, ~1 run in 5 with 14 traces; jax 0.10.2 CPU).
+    profile.trace_python = False
     profile.intensity_g_per_kwh = 475.0  # grid carbon intensity (world average); see profile.country
     profile.country = ""  # ISO code to use that grid's annual average instead (profiling/carbon.py table)
     profile.pue = 1.0  # data-centre power usage effectiveness multiplying the measured energy

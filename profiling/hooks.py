@@ -90,7 +90,9 @@ class RunProfiler:
                 self.monitor.end_window(_TRAIN_WINDOW)
                 self._window_start = None
             self.trace_dir.mkdir(parents=True, exist_ok=True)
-            jax.profiler.start_trace(str(self.trace_dir))
+            options = jax.profiler.ProfileOptions()
+            options.python_tracer_level = int(self.config.trace_python)
+            jax.profiler.start_trace(str(self.trace_dir), profiler_options=options)
             self._tracing = True
 
     def after_step(self, step: int, outputs) -> None:
