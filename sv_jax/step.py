@@ -40,9 +40,9 @@ def create_train_state(rng, model, tx, feat_shape: tuple[int, int]) -> TrainStat
 
 
 def train_step(state: TrainState, batch, *, model, tx, learning_rate_fn, margin_fn, skip_nonfinite: bool = False):
-    """One SGD step. With `skip_nonfinite`, a step whose loss or gradients are NaN/Inf leaves parameters, batch
-    statistics and optimizer state as they were (the step counter still advances past the batch) and reports
-    `skipped` 1; without it, such a step is applied and the loop's check stops the run."""
+    """One SGD step; metric `nonfinite` is 1 when the loss or a gradient is NaN/Inf. With `skip_nonfinite` such a
+    step leaves parameters, batch statistics and optimizer state as they were (the step counter still advances past
+    the batch); without it, the step is applied and the loop's check stops the run before the next checkpoint."""
     margin = margin_fn(state.step)
 
     def loss_fn(params):
@@ -56,15 +56,15 @@ def train_step(state: TrainState, batch, *, model, tx, learning_rate_fn, margin_
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                            batch_stats=batch_stats, opt_state=opt_state)
-    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-               "lr": learning_rate_fn(state.step), "margin": margin}
+    finite = functools.reduce(jnp.logical_and, [jnp.isfinite(x).all() for x in jax.tree.leaves((loss, grads))])
     if skip_nonfinite:
-        finite = functools.reduce(jnp.logical_and, [jnp.isfinite(x).all() for x in jax.tree.leaves((loss, grads))])
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         new_state = new_state.replace(params=keep(new_state.params, state.params),
                                       batch_stats=keep(new_state.batch_stats, state.batch_stats),
                                       opt_state=keep(new_state.opt_state, state.opt_state))
-        metrics["skipped"] = jnp.logical_not(finite).astype(jnp.int32)
+    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+               "lr": learning_rate_fn(state.step), "margin": margin,
+               "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
     return new_state, metrics
 
 

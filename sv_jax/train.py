@@ -43,8 +43,9 @@ class NonFiniteLossError(FloatingPointError):
 class _NonFiniteGuard:
     """`train.on_nonfinite` applied to a log interval's fetched metrics, oldest first.
 
-    'stop': the first NaN/Inf loss raises NonFiniteLossError naming its step. 'skip': the step already left the state
-    unchanged (sv_jax.step); here it is counted and logged, and `max_skips_in_a_row` of them in a row raise.
+    'stop': the first step with a NaN/Inf loss or gradient raises NonFiniteLossError naming it. 'skip': that step
+    already left the state unchanged (sv_jax.step); here it is counted and logged, and more than
+    `max_skips_in_a_row` of them in a row raise.
     """
 
     def __init__(self, train_config, skipped_before: int = 0):
@@ -57,12 +58,14 @@ class _NonFiniteGuard:
         applied = []
         for step, metrics in enumerate(history, start=first_step + 1):
             if not self.skip:
-                if not np.isfinite(metrics["loss"]):
+                if metrics["nonfinite"]:
+                    what = (f"train/loss is {metrics['loss']}" if not np.isfinite(metrics["loss"]) else
+                            f"a gradient is NaN/Inf (loss {metrics['loss']:.4g})")
                     raise NonFiniteLossError(
-                        f"train/loss is {metrics['loss']} at step {step}: stopping; the last checkpoint before it is "
-                        f"kept (lower optim.initial_lr, check the input data, or set train.on_nonfinite='skip')")
+                        f"{what} at step {step}: stopping; the last checkpoint before it is kept (lower "
+                        f"optim.initial_lr, check the input data, or set train.on_nonfinite='skip')")
                 applied.append(metrics)
-            elif metrics["skipped"]:
+            elif metrics["nonfinite"]:
                 self.skipped += 1
                 self.in_a_row += 1
                 log.warning("step %d: loss %s, non-finite loss or gradients: step skipped (%d so far)", step,
@@ -186,7 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     pending, last_metrics = [], {}
 
     def flush_metrics(step) -> dict:
-        """The one host sync of a log interval; it runs before every checkpoint, so NaN is never saved."""
+        """The one host sync of a log interval; it runs before every checkpoint, so NaN/Inf is never saved."""
         history = jax.device_get(pending)
         pending.clear()
         applied = nonfinite.check(history, step - len(history))

@@ -209,11 +209,14 @@ def test_nan_batch_is_skipped_and_counted_when_configured(corpus_root, tmp_path,
     assert np.isfinite(log[6]["loss"])
 
 
-def test_too_many_skipped_steps_in_a_row_stop_the_run():
+def test_too_many_skipped_steps_in_a_row_stop_the_run_and_inf_gradients_stop_it_too():
     config = tiny.get_config()
+    ok, bad = {"loss": 1.0, "nonfinite": 0}, {"loss": float("nan"), "nonfinite": 1}
     config.train.update(on_nonfinite="skip", max_skips_in_a_row=2)
     guard = train._NonFiniteGuard(config.train)
-    ok, bad = {"loss": 1.0, "skipped": 0}, {"loss": float("nan"), "skipped": 1}
     assert guard.check([ok, bad, bad, ok], first_step=0) == [ok, ok] and guard.skipped == 2
     with pytest.raises(train.NonFiniteLossError, match=r"3 steps in a row up to step 7"):
         guard.check([bad, bad, bad], first_step=4)
+    config.train.on_nonfinite = "stop"  # a finite loss with an Inf gradient would make the next state NaN
+    with pytest.raises(train.NonFiniteLossError, match=r"a gradient is NaN/Inf \(loss 2\) at step 12"):
+        train._NonFiniteGuard(config.train).check([ok, {"loss": 2.0, "nonfinite": 1}], first_step=10)

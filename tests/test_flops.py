@@ -114,8 +114,9 @@ def test_per_utterance_numbers_do_not_depend_on_device_count(basic_reports):
     one, four = basic_reports[1], basic_reports[4]
     assert (one.devices, four.devices) == (1, 4)
     assert four.forward_flops_per_utt == pytest.approx(one.forward_flops_per_utt, rel=0.005)
-    # The replicated optimizer update runs on every device, so the step's total grows a little.
-    assert four.train_step_flops_per_utt == pytest.approx(one.train_step_flops_per_utt, rel=0.02)
+    # The replicated optimizer update and finiteness check of the gradients run on every device, so the step's total
+    # grows a little (2.0% for this small model: 442 against 433 MFLOP per utterance).
+    assert four.train_step_flops_per_utt == pytest.approx(one.train_step_flops_per_utt, rel=0.03)
     assert four.forward_flops_per_utt_unoptimized == one.forward_flops_per_utt_unoptimized
 
 
