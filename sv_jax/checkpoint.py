@@ -24,6 +24,11 @@ class UnreadableCheckpointError(RuntimeError):
     """Checkpoints exist, but none of them restores."""
 
 
+def _describe(error: Exception) -> str:
+    """The error's type and first line (tensorstore's messages run to pages)."""
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
+
+
 class Checkpointer:
     """Keeps the latest `max_to_keep` checkpoints of `workdir/checkpoints`."""
 
@@ -56,8 +61,8 @@ class Checkpointer:
             try:
                 restored = self._restore(abstract, candidate)
             except Exception as error:  # orbax and tensorstore raise plain Exception, OSError, KeyError, ValueError
-                log.warning("checkpoint of step %d in %s does not restore (%s: %s); trying the one before",
-                            candidate, self.directory, type(error).__name__, str(error).splitlines()[0][:300])
+                log.warning("checkpoint of step %d in %s does not restore (%s); trying the one before", candidate,
+                            self.directory, _describe(error))
                 unreadable.append((candidate, error))
                 continue
             if unreadable:
@@ -69,7 +74,7 @@ class Checkpointer:
             step, error = unreadable[0]
             raise UnreadableCheckpointError(
                 f"no checkpoint in {self.directory} restores (steps {[s for s, _ in unreadable]}); the newest, step "
-                f"{step}, failed with {type(error).__name__}: {str(error).splitlines()[0][:500]}. Was the config "
+                f"{step}, failed with {_describe(error)}. Was the config "
                 f"changed since they were written? To start afresh, use another workdir.") from error
         return None
 
