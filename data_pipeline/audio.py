@@ -29,10 +29,12 @@ import subprocess
 import numpy as np
 import soundfile
 
+from cli import UserError
+
 _RESAMPLE_HINT = "resample it first (python -m data_pipeline.prepare --src=<tree> --dst=<new tree> converts a tree)"
 
 
-class BadAudioError(ValueError):
+class BadAudioError(UserError, ValueError):
     """An audio file that cannot be used; the message names the file and the problem."""
 
     path: str
@@ -184,7 +186,7 @@ _FFMPEG_FALLBACK_EXTENSIONS = frozenset({".ogg", ".oga", ".mp3"})
 _MAX_STDERR_CHARS = 1000
 
 
-class FfmpegNotFoundError(RuntimeError):
+class FfmpegNotFoundError(UserError, RuntimeError):
     """No usable ffmpeg executable; the message says which file needed it and how to install one."""
 
 

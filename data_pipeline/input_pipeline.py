@@ -31,6 +31,7 @@ import tensorflow as tf
 # The accelerator belongs to JAX: TensorFlow (input only) must not reserve GPU memory.
 tf.config.set_visible_devices([], "GPU")
 
+from cli import UserError
 from data_pipeline import audio as audio_lib
 from data_pipeline import augment
 from data_pipeline import features
@@ -312,7 +313,7 @@ def create_eval_dataset(paths: Sequence[str], *, fbank: FbankConfig = FbankConfi
     return ds.group_by_window(bucket_id, pad_batch, window_size_func=window_size).prefetch(2)
 
 
-class PipelineError(ValueError):
+class PipelineError(UserError, ValueError):
     """A failure inside the tf.data pipeline, re-raised with the message of its cause (e.g. the bad file)."""
 
 

@@ -38,6 +38,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from cli import MissingInputError
+
 __all__ = [
     "AUDIO_EXTENSIONS",
     "Manifest",
@@ -53,6 +55,9 @@ __all__ = [
 ]
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
+# VoxCeleb2 dev, the recipe's training set (WeSpeaker's data lists).
+VOXCELEB2_DEV_SPEAKERS = 5_994
+VOXCELEB2_DEV_UTTERANCES = 1_092_009
 _ROOT_HEADER = "# root:"
 _MAX_LISTED = 10
 
@@ -156,7 +161,7 @@ def scan_dir(root, extensions=AUDIO_EXTENSIONS) -> Manifest:
     exts = _normalise_extensions(extensions)
     root = pathlib.Path(os.path.abspath(os.fspath(root)))
     if not root.is_dir():
-        raise FileNotFoundError(f"Audio root {str(root)!r} does not exist or is not a directory")
+        raise MissingInputError(f"Audio root {str(root)!r} does not exist or is not a directory")
 
     rel_paths: list[str] = []
     speakers: list[str] = []
@@ -231,7 +236,7 @@ def read_list(path, root=None) -> Manifest:
     """
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Manifest list file {str(path)!r} does not exist")
+        raise MissingInputError(f"Manifest list file {str(path)!r} does not exist")
     header_root = None
     rel_paths: list[str] = []
     speakers: list[str] = []
@@ -350,7 +355,7 @@ def read_trials(path) -> Trials:
     """
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Trial list {str(path)!r} does not exist")
+        raise MissingInputError(f"Trial list {str(path)!r} does not exist")
     fmt = None
     enroll: list[str] = []
     test: list[str] = []
@@ -408,7 +413,7 @@ def check_trial_files(trials: Trials, root) -> None:
     """
     root_str = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root_str):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"Audio root {root_str!r} for trial list {str(trials.path)!r} does not exist or is not a directory")
     by_dir: dict[str, list[tuple[str, str]]] = {}
     for key in trials.utterances:
@@ -426,7 +431,7 @@ def check_trial_files(trials: Trials, root) -> None:
         missing.sort()
         shown = "\n  ".join(missing[:_MAX_LISTED])
         more = f"\n  ... and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{len(missing)} of {len(trials.utterances)} utterances of trial list {str(trials.path)!r} are missing "
             f"under audio root {root_str!r}:\n  {shown}{more}")
 

@@ -32,13 +32,13 @@ import logging
 import multiprocessing
 import os
 import pathlib
-import sys
 import time
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import soundfile
 
+import cli
 from data_pipeline import audio as audio_lib
 
 log = logging.getLogger(__name__)
@@ -261,15 +261,14 @@ def main(argv):
     try:
         report = prepare_tree(f.src, f.dst, sample_rate=f.sample_rate, num_workers=f.num_workers,
                               extensions=f.extensions, limit=f.limit, ffmpeg=f.ffmpeg, log_every=f.log_every)
-    except (FileNotFoundError, ValueError, audio_lib.FfmpegNotFoundError) as error:
-        print(f"data_pipeline.prepare: {error}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as error:  # the source, destination or an argument: the user's to fix
+        raise cli.UserError(str(error)) from error
     print(report.summary())
     return 1 if report.failures and f.on_bad_audio == "error" else 0
 
 
 if __name__ == "__main__":
-    from absl import app, flags  # pylint: disable=ungrouped-imports
+    from absl import flags  # pylint: disable=ungrouped-imports
 
     # Defined here, not at import: worker processes and tests import this module, and flags are global.
     flags.DEFINE_string("src", None, "audio tree to convert, e.g. VoxCeleb2's <speaker>/<video>/<utt>.m4a")
@@ -285,4 +284,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("log_every", 10000, "log progress every N files")
     flags.mark_flags_as_required(["src", "dst"])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    app.run(main)
+    cli.run(main)

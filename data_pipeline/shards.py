@@ -38,6 +38,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+import cli
 from data_pipeline import audio as audio_lib
 from data_pipeline import manifest as manifest_lib
 
@@ -312,7 +313,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags  # pylint: disable=ungrouped-imports
+    from absl import flags  # pylint: disable=ungrouped-imports
 
     flags.DEFINE_string("src", None, "wav tree <speaker>/<video>/<utt>.wav (16 kHz; see data_pipeline.prepare)")
     flags.DEFINE_string("dst", None, "output directory for the shards and their index")
@@ -323,4 +324,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("num_workers", None, "processes writing shards (default: all cores)")
     flags.mark_flags_as_required(["src", "dst"])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    app.run(main)
+    cli.run(main)

@@ -19,7 +19,6 @@ that is renamed into place after the completion marker ``.complete.json`` has be
 ``python -m data_pipeline.synthetic --out=DIR [--num_train_speakers=200 ...]``.
 """
 
-import argparse
 import concurrent.futures
 import ctypes
 import dataclasses
@@ -37,6 +36,8 @@ import time
 import numpy as np
 import scipy.signal
 import soundfile
+
+import cli
 
 __all__ = ["CorpusSpec", "Corpus", "generate_corpus", "spec_from_config"]
 
@@ -388,22 +389,32 @@ def generate_corpus(root, spec: CorpusSpec = CorpusSpec(), num_workers: int | No
     return corpus
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="corpus root directory")
-    for field in dataclasses.fields(CorpusSpec):
-        parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
-    parser.add_argument("--num_workers", type=int, default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+def main(argv) -> None:
+    from absl import app, flags  # pylint: disable=import-outside-toplevel
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
     try:
-        spec = CorpusSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CorpusSpec)})
-        corpus = generate_corpus(args.out, spec, num_workers=args.num_workers)
-    except ValueError as e:
-        parser.error(str(e))
+        spec = CorpusSpec(**{field.name: getattr(f, field.name) for field in dataclasses.fields(CorpusSpec)})
+        corpus = generate_corpus(f.out, spec, num_workers=f.num_workers)
+    except ValueError as error:  # a spec out of range, or --out holding something else
+        raise cli.UserError(str(error)) from error
     for name in ("root", "train_dir", "test_dir", "trials"):
         print(f"{name}: {getattr(corpus, name)}")
 
 
+def _define_flags() -> None:
+    """The command line's flags: --out and one per CorpusSpec field (defined only when run as a script)."""
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    flags.DEFINE_string("out", None, "corpus root directory")
+    define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
+    for field in dataclasses.fields(CorpusSpec):
+        define[type(field.default)](field.name, field.default, f"CorpusSpec.{field.name}")
+    flags.DEFINE_integer("num_workers", None, "generating processes (default: all cores)")
+    flags.mark_flags_as_required(["out"])
+
+
 if __name__ == "__main__":
-    main()
+    _define_flags()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cli.run(main)

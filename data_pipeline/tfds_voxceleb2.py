@@ -50,6 +50,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+import cli
 from data_pipeline import audio as audio_lib
 from data_pipeline import manifest as manifest_lib
 
@@ -267,7 +268,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags  # pylint: disable=ungrouped-imports
+    from absl import flags  # pylint: disable=ungrouped-imports
 
     flags.DEFINE_string("manual_dir", None, "directory laid out as in the module docstring")
     flags.DEFINE_string("data_dir", None, "TFDS data directory to write (default: $TFDS_DATA_DIR or "
@@ -277,4 +278,4 @@ if __name__ == "__main__":
     flags.DEFINE_enum("on_bad_audio", "error", list(ON_BAD_AUDIO), "stop at a bad file, or skip and list it")
     flags.mark_flags_as_required(["manual_dir"])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    app.run(main)
+    cli.run(main)

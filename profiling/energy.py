@@ -172,6 +172,10 @@ class EnergyMonitor:
         """Whether any sensor measures anything; windows still time themselves when not."""
         return bool(self.sensors)
 
+    def unavailable_reason(self) -> str:
+        """Why some sensor or domain is not measured, in one line ('no energy sensor' if nothing says more)."""
+        return "; ".join(f"{k}: {v}" for k, v in self.unavailable.items()) or "no energy sensor"
+
     def begin_window(self, name: str, sync: Any = None) -> None:
         """Opens window `name` after synchronising; raises ValueError if a window of that name is open."""
         if name in self._windows:

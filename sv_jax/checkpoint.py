@@ -16,11 +16,12 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+from cli import UserError
 
 log = logging.getLogger(__name__)
 
 
-class UnreadableCheckpointError(RuntimeError):
+class UnreadableCheckpointError(UserError, RuntimeError):
     """Checkpoints exist, but none of them restores."""
 
 

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cli import ConfigError, MissingInputError
 from sv_jax import checkpoint as checkpoint_lib
 from sv_jax import evaluation
-from sv_jax import input as input_lib
+from sv_jax import data_sources
 from sv_jax import models
 from sv_jax import parallel
 
@@ -28,7 +29,7 @@ def run(mode: str, config, workdir: str, *, audio_list: str | None = None, outpu
         description = describe(config)
         print(json.dumps(description, indent=2))
         return description
-    raise ValueError(f"unknown mode {mode!r}; choose one of ['train', 'eval', 'extract', 'describe']")
+    raise ConfigError(f"unknown mode {mode!r}; choose one of ['train', 'eval', 'extract', 'describe']")
 
 
 def describe(config) -> dict:
@@ -67,7 +68,7 @@ def _restore_variables(config, workdir: str):
     checkpointer = checkpoint_lib.Checkpointer(workdir)
     step = checkpointer.latest_step()
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}: train first (--mode=train)")
+        raise MissingInputError(f"no checkpoint in {checkpointer.directory}: train first (--mode=train)")
     state = checkpointer.restore_raw(step)
     mesh = parallel.create_mesh()
     variables = jax.device_put({"params": state["params"], "batch_stats": state["batch_stats"]},
@@ -79,7 +80,7 @@ def _restore_variables(config, workdir: str):
 
 def evaluate_latest(config, workdir: str) -> dict:
     model, variables, mesh, step = _restore_variables(config, workdir)
-    data = input_lib.resolve_data(config.data, workdir, need_train=config.eval.subtract_mean or config.eval.as_norm)
+    data = data_sources.resolve_data(config.data, workdir, need_train=config.eval.subtract_mean or config.eval.as_norm)
     results = evaluation.evaluate(evaluation.Embedder(model, mesh), variables, config, data)
     report = {"step": step, "eval": results}
     (pathlib.Path(workdir) / "eval.json").write_text(json.dumps(report, indent=2))
@@ -89,13 +90,13 @@ def evaluate_latest(config, workdir: str) -> dict:
 
 def extract(config, workdir: str, audio_list: str | None, output: str | None) -> dict:
     if not audio_list or not output:
-        raise ValueError("--mode=extract needs --audio_list (one audio path per line) and --output (.npy)")
+        raise ConfigError("--mode=extract needs --audio_list (one audio path per line) and --output (.npy)")
     paths = [line.strip() for line in pathlib.Path(audio_list).read_text().splitlines() if line.strip()]
     if not paths:
-        raise ValueError(f"{audio_list}: no audio paths listed")
+        raise ConfigError(f"{audio_list}: no audio paths listed")
     missing = [p for p in paths if not pathlib.Path(p).is_file()]
     if missing:
-        raise FileNotFoundError(f"{audio_list}: {len(missing)} listed files do not exist, e.g. {missing[:10]}")
+        raise MissingInputError(f"{audio_list}: {len(missing)} listed files do not exist, e.g. {missing[:10]}")
     model, variables, mesh, step = _restore_variables(config, workdir)
     embeddings = evaluation.embed_files(evaluation.Embedder(model, mesh), variables, config, paths)
     np.save(output, embeddings)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 import jax
+from cli import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +28,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     """
     explicit = (coordinator_address, num_processes, process_id)
     if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
-        raise ValueError("multi-process start needs --coordinator_address, --num_processes and --process_id "
+        raise ConfigError("multi-process start needs --coordinator_address, --num_processes and --process_id "
                          f"together (got {coordinator_address!r}, {num_processes!r}, {process_id!r}); or "
                          "--distributed to read them from the cluster environment (SLURM, Open MPI, ...)")
     if not auto and coordinator_address is None:
         return
     if num_processes is not None and not 0 <= process_id < num_processes:
-        raise ValueError(f"--process_id={process_id} must be in [0, {num_processes})")
+        raise ConfigError(f"--process_id={process_id} must be in [0, {num_processes})")
     # CPU processes need a collectives implementation to talk to each other (GPUs use NCCL regardless).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,

@@ -3,7 +3,7 @@
 Utterances of different length are batched in padded buckets (a few shapes, so a few compilations); the model
 masks the padding, so every embedding equals that of the unpadded utterance. As in WeSpeaker, the mean embedding
 of training data is subtracted before cosine scoring (`eval.subtract_mean`), and AS-norm uses speaker-mean training
-embeddings as the cohort (`eval.as_norm`). The scoring itself lives in sv_jax.metrics (numpy only).
+embeddings as the cohort (`eval.as_norm`). The scoring itself lives in sv_jax.scoring (numpy only).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Iterable, Mapping
 import jax
 import numpy as np
 
-from sv_jax import input as input_lib
-from sv_jax import metrics
+from cli import UserError
+from sv_jax import data_sources
+from sv_jax import scoring
 from sv_jax import parallel
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class Embedder:
             if not allow_missing:
                 raise RuntimeError("the evaluation pipeline produced no embeddings")
             # Every file was skipped: the width is unknown, and nothing can be scored anyway.
-            raise RuntimeError(f"all {num_utts} evaluation files were skipped as bad audio")
+            raise UserError(f"all {num_utts} evaluation files were skipped as bad audio: check data.eval_dir")
         if not allow_missing and np.isnan(embeddings).any():
             raise RuntimeError("the evaluation pipeline did not produce an embedding for every utterance")
         return embeddings
@@ -70,7 +71,7 @@ def embed_files(embedder: Embedder, variables, config, paths, bad_audio_log=None
     """Embeddings [len(paths), D]; rows of files skipped under data.on_bad_audio='skip' are NaN."""
     start = time.perf_counter()
     paths = [str(p) for p in paths]
-    embeddings = embedder(variables, input_lib.eval_batches(config.data, config.eval, paths, bad_audio_log),
+    embeddings = embedder(variables, data_sources.eval_batches(config.data, config.eval, paths, bad_audio_log),
                           len(paths), config.eval.batch_frames, allow_missing=config.data.on_bad_audio == "skip")
     log.info("embedded %d utterances in %.1f s", len(paths), time.perf_counter() - start)
     return embeddings
@@ -97,7 +98,7 @@ def _training_statistics(embedder, variables, config, train) -> tuple[np.ndarray
     return embeddings.mean(axis=0), cohort
 
 
-def num_embedded(config, data: input_lib.DataSources) -> int:
+def num_embedded(config, data: data_sources.DataSources) -> int:
     """Utterances `evaluate` embeds: every trial utterance, plus the training sample for the mean / cohort."""
     count = len({u for trials in data.trials for u in trials.utterances})
     if (config.eval.subtract_mean or config.eval.as_norm) and data.train is not None:
@@ -105,10 +106,10 @@ def num_embedded(config, data: input_lib.DataSources) -> int:
     return count
 
 
-def evaluate(embedder: Embedder, variables, config, data: input_lib.DataSources) -> dict:
+def evaluate(embedder: Embedder, variables, config, data: data_sources.DataSources) -> dict:
     """{trial-list name: verification metrics}, plus '<name>_asnorm' entries when eval.as_norm is set."""
     utterances = sorted({u for trials in data.trials for u in trials.utterances})
-    bad_audio_log = input_lib.new_bad_audio_log()
+    bad_audio_log = data_sources.new_bad_audio_log()
     embeddings = embed_files(embedder, variables, config, [pathlib.Path(data.eval_root) / u for u in utterances],
                              bad_audio_log)
     by_key = {u: e for u, e, ok in zip(utterances, embeddings, _present(embeddings)) if ok}
@@ -127,12 +128,12 @@ def evaluate(embedder: Embedder, variables, config, data: input_lib.DataSources)
                                          labels=trials.labels[keep])
             log.warning("%s: %d trials left out, they use skipped bad audio (%d files)", trials.name, skipped,
                         bad_audio_log.count)
-        scores = metrics.score_trials(by_key, trials, mean=mean if config.eval.subtract_mean else None)
-        results[trials.name] = metrics.verification_metrics(scores, trials.labels)
+        scores = scoring.score_trials(by_key, trials, mean=mean if config.eval.subtract_mean else None)
+        results[trials.name] = scoring.verification_metrics(scores, trials.labels)
         if skipped:
             results[trials.name]["skipped_trials"] = skipped
         if config.eval.as_norm:
-            normed = metrics.as_norm_trials(scores, by_key, trials, cohort, top_k=config.eval.as_norm_top_k,
+            normed = scoring.as_norm_trials(scores, by_key, trials, cohort, top_k=config.eval.as_norm_top_k,
                                             mean=mean if config.eval.subtract_mean else None)
-            results[f"{trials.name}_asnorm"] = metrics.verification_metrics(normed, trials.labels)
+            results[f"{trials.name}_asnorm"] = scoring.verification_metrics(normed, trials.labels)
     return results

@@ -5,6 +5,9 @@ Multi-process (several hosts, or several processes on one): see sv_jax/distribut
 Modes: train (default; trains, resuming from the workdir's latest checkpoint, then evaluates), eval (evaluates the
 latest checkpoint), extract (embeddings of the audio files listed in --audio_list to --output .npy), describe (prints
 the model's parameter count and layer output shapes as JSON; no data, no training).
+
+A configuration or input mistake prints one line (`error: ...`, naming the key or file and the next step) and exits
+with status 2; `--traceback` shows its traceback too (see cli/__init__.py).
 """
 
 import logging as std_logging
@@ -16,7 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports Te
 from absl import app, flags, logging  # pylint: disable=wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
-from sv_jax import commands, distributed
+import cli  # pylint: disable=wrong-import-position
+from sv_jax import commands, distributed  # pylint: disable=wrong-import-position
 
 MODES = ("train", "eval", "extract", "describe")
 
@@ -57,4 +61,4 @@ def _configure_logging():
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from cli import ConfigError
 
 DATA_AXIS = "data"
 
@@ -31,7 +32,7 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
 
 def check_global_batch(global_batch_size: int, mesh: Mesh) -> None:
     if global_batch_size % mesh.size:
-        raise ValueError(f"data.batch_size={global_batch_size} must be divisible by the number of devices "
+        raise ConfigError(f"data.batch_size={global_batch_size} must be divisible by the number of devices "
                          f"({mesh.size})")
 
 

@@ -1,24 +1,26 @@
-"""What a run tells its user: TensorBoard scalars (clu metric writers) and a console progress line."""
+"""What a run tells its user: TensorBoard scalars (clu metric writers), a console progress line, JSON-lines logs."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
 import pathlib
 import time
-
-from clu import metric_writers
+from typing import Any, Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
 
-def create_writer(workdir: str, enabled: bool = True) -> metric_writers.MetricWriter:
+def create_writer(workdir: str, enabled: bool = True):
     """TensorBoard event files in workdir (asynchronous), or nothing on processes other than the first.
 
     clu's SummaryWriter needs TensorFlow; without it (e.g. a GPU box with only JAX) the torch TensorBoard writer is
-    used if present, and otherwise scalars only go to the log, with a warning.
+    used if present, and otherwise scalars only go to the log, with a warning. (clu is imported here, not at the
+    top: its writers bring in TensorFlow, which nothing else in this module needs.)
     """
+    from clu import metric_writers  # pylint: disable=import-outside-toplevel
     if not enabled:
         return metric_writers.MultiWriter([])
     try:
@@ -85,6 +87,32 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """Appends one JSON line so that a kill at any moment leaves every earlier line intact: the line goes out in
+    one write, and a line cut short by an earlier kill is ended first, so the new one never extends it."""
+    with open(path, "a+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write((json.dumps(record, default=str) + "\n").encode())
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """The records of a JSON-lines file; a line cut short by a kill is skipped with a warning."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            log.warning("%s:%d: unreadable line skipped (written by a run that was killed?)", path, number)
+
+
 class TrainLog:
     """workdir/train_log.jsonl: one JSON line per log step, for scripts that should not parse TensorBoard.
 
@@ -96,11 +124,11 @@ class TrainLog:
         self.path = pathlib.Path(workdir) / "train_log.jsonl"
         self.enabled = enabled
         if enabled and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [record for record in read_jsonl(self.path) if record["step"] <= resume_step]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(record) + "\n" for record in kept))
+            os.replace(tmp, self.path)  # a kill now leaves the old file or the new one, never half of one
 
     def append(self, record: dict) -> None:
         if self.enabled:
-            with open(self.path, "a") as log:
-                log.write(json.dumps(record) + "\n")
+            append_jsonl(self.path, record)

@@ -1,7 +1,7 @@
 """The training step: state, initialisation and one optimisation step, as pure functions (no I/O, no loop).
 
-Kept apart from sv_jax.train (the loop, which calls profiling) so that profiling can compile and measure exactly
-this step without importing the trainer.
+Kept apart from sv_jax.train (the loop) so that sv_jax.programs can lower exactly this step for training, counting
+and benchmarks without the loop's input pipeline (and TensorFlow).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cli import ConfigError
 from sv_jax import models
 from sv_jax import optim
 from sv_jax import parallel
@@ -68,8 +69,8 @@ def train_step(state: TrainState, batch, *, model, tx, learning_rate_fn, margin_
     return new_state, metrics
 
 
-class StepParts(NamedTuple):
-    """What a config's train step is made of."""
+class TrainComponents(NamedTuple):
+    """What a config's train step is made of: the model, the optimizer, the schedules and the non-finite policy."""
     model: models.SpeakerNet
     tx: optax.GradientTransformation
     learning_rate_fn: Callable
@@ -77,8 +78,8 @@ class StepParts(NamedTuple):
     skip_nonfinite: bool = False
 
 
-def create_step_parts(config, num_classes: int, steps_per_epoch: int, global_batch: int, *,
-                      unroll_scans: bool = False) -> StepParts:
+def create_train_components(config, num_classes: int, steps_per_epoch: int, global_batch: int, *,
+                      unroll_scans: bool = False) -> TrainComponents:
     """The config's model, optimizer, learning-rate and margin schedules (`unroll_scans`: models.create_model), and
     whether a non-finite step is skipped (`train.on_nonfinite`)."""
     learning_rate_fn = optim.create_schedule(config.optim, steps_per_epoch, config.train.num_epochs, global_batch)
@@ -86,16 +87,17 @@ def create_step_parts(config, num_classes: int, steps_per_epoch: int, global_bat
                                        config.loss.increase_start_epoch, config.loss.fix_start_epoch,
                                        steps_per_epoch, config.loss.increase_type)
     if config.train.on_nonfinite not in ("stop", "skip"):
-        raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', got {config.train.on_nonfinite!r}")
-    return StepParts(models.create_model(config.model, num_classes, unroll_scans=unroll_scans),
+        raise ConfigError(f"train.on_nonfinite must be 'stop' or 'skip', got {config.train.on_nonfinite!r}")
+    return TrainComponents(models.create_model(config.model, num_classes, unroll_scans=unroll_scans),
                      optim.create_optimizer(config.optim, learning_rate_fn), learning_rate_fn, margin_fn,
                      skip_nonfinite=config.train.on_nonfinite == "skip")
 
 
-def jit_train_step(parts: StepParts, mesh) -> Callable:
+def jit_train_step(components: TrainComponents, mesh) -> Callable:
     """`train_step` jit-compiled for `mesh`: state replicated and donated, batch sharded along 'data'."""
     replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    return jax.jit(lambda s, b: train_step(s, b, model=parts.model, tx=parts.tx,
-                                           learning_rate_fn=parts.learning_rate_fn, margin_fn=parts.margin_fn,
-                                           skip_nonfinite=parts.skip_nonfinite),
+    step = functools.partial(train_step, model=components.model, tx=components.tx,
+                             learning_rate_fn=components.learning_rate_fn, margin_fn=components.margin_fn,
+                             skip_nonfinite=components.skip_nonfinite)
+    return jax.jit(step,
                    in_shardings=(replicated, sharded), out_shardings=(replicated, replicated), donate_argnums=0)

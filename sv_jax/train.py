@@ -3,40 +3,37 @@
 Reads top to bottom: set up, input, model & optimizer, sharding, step functions, checkpoint restore, loop. The
 step is one jit-compiled program over the global batch (sharded on the mesh's 'data' axis), with the state donated;
 metrics stay on the device until a log step fetches them all at once, so the loop never waits on the accelerator
-except when it logs, checkpoints or evaluates.
+except when it logs, checkpoints or evaluates. What the run costs is measured by one profiler object
+(sv_jax.run_profiler) that the loop calls once per step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import pathlib
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from cli import UserError
 from sv_jax import checkpoint as checkpoint_lib
+from sv_jax import data_sources
 from sv_jax import evaluation
-from sv_jax import input as input_lib
 from sv_jax import models
 from sv_jax import parallel
 from sv_jax import preemption
+from sv_jax import programs as programs_lib
 from sv_jax import reporting
-from sv_jax import step as step_lib
-from profiling import flops as flops_lib
-from profiling import hooks
-from profiling import memory as memory_lib
-from profiling import peaks
+from sv_jax import run_profiler
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The loss became NaN or Inf; the last checkpoint (written before it) is kept."""
 
 
@@ -101,29 +98,6 @@ def _resume_position(meta: dict, process_index: int, process_count: int) -> int:
     return max(positions)
 
 
-def _profile_compiled(config, compiled_step, state, model, mesh, num_classes: int) -> dict:
-    """FLOPs (XLA's, per step and per utterance, with the analytic cross-check) and memory of the compiled step."""
-    global_batch = config.data.batch_size
-    cost = flops_lib.train_step_cost(config, compiled_step, global_batch, num_classes, mesh.size)
-    forward = flops_lib.forward_cost(model, state.variables, config.data.num_frames, config.data.num_mel_bins,
-                                     mesh)
-    peak, peak_source = peaks.peak_tflops(mesh.devices.flat[0].device_kind, config.model.dtype,
-                                          config.profile.peak_tflops)
-    profile = {
-        "train_step_flops": cost["flops"], "train_step_flops_per_utt": cost["flops"] / global_batch,
-        "train_step_bytes_accessed_per_utt": cost["bytes_accessed"] / global_batch,
-        "forward_flops_per_utt": forward["flops_per_utt"],
-        "forward_flops_per_utt_analytic": 2 * flops_lib.analytic_forward_macs(
-            config.model, config.data.num_frames, config.data.num_mel_bins, convention="real"),
-        "flops_source": cost.get("source", "xla"), "peak_tflops": peak, "peak_source": peak_source,
-        "memory": memory_lib.memory_from_compiled(compiled_step, state, batch_size=global_batch).to_dict(),
-    }
-    log.info("profile: %.3g GFLOP per training utterance (XLA), %.3g GFLOP forward (analytic %.3g)",
-             profile["train_step_flops_per_utt"] / 1e9, profile["forward_flops_per_utt"] / 1e9,
-             profile["forward_flops_per_utt_analytic"] / 1e9)
-    return profile
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
     """Trains (resuming from workdir's latest checkpoint), evaluates, writes summary.json; returns the summary."""
     # Set up.
@@ -133,30 +107,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     process_index, process_count = jax.process_index(), jax.process_count()
 
     # Input.
-    data = input_lib.resolve_data(config.data, workdir)
+    data = data_sources.resolve_data(config.data, workdir)
     global_batch = config.data.batch_size
     steps_per_epoch = config.train.steps_per_epoch or max(len(data.train) // global_batch, 1)
     total_steps = config.train.num_epochs * steps_per_epoch
 
-    # Model and optimizer.
-    parts = step_lib.create_step_parts(config, data.num_classes, steps_per_epoch, global_batch)
-    model, tx = parts.model, parts.tx
-
-    # Sharding: state replicated, batch split along 'data'.
+    # Model, optimizer and sharding (state replicated, batch split along 'data'): the train step compiled ahead of
+    # time, as sv_jax.programs compiles it for benchmarks and sweeps; its FLOPs and memory are part of the profile.
     mesh = parallel.create_mesh(devices)
-    parallel.check_global_batch(global_batch, mesh)
-    replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    feat_shape = (config.data.num_frames, config.data.num_mel_bins)
-    state = jax.jit(lambda rng: step_lib.create_train_state(rng, model, tx, feat_shape),
-                    out_shardings=replicated)(jax.random.key(config.seed))
-
-    # Step functions, compiled ahead of time: the compiled step's FLOP count and memory are part of the profile.
-    batch_spec = {"feats": jax.ShapeDtypeStruct((global_batch, *feat_shape), jnp.float32, sharding=sharded),
-                  "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=sharded)}
-    p_train_step = step_lib.jit_train_step(parts, mesh).lower(state, batch_spec).compile()
-    embedder = evaluation.Embedder(model, mesh)
-    profile = _profile_compiled(config, p_train_step, state, model, mesh, data.num_classes) if config.profile.enabled \
-        else {}
+    programs = programs_lib.compile_programs(
+        config, global_batch, data.num_classes, list(mesh.devices.flat), steps_per_epoch=steps_per_epoch,
+        forward_batch_size=parallel.round_up(programs_lib.COUNTING_BATCH_SIZE, mesh.size))
+    state = programs.init_state(config.seed)
+    p_train_step = programs.train_step
+    embedder = evaluation.Embedder(programs.lowered.components.model, mesh)
 
     # Checkpoint restore.
     checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
@@ -171,19 +135,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         log.info("resuming at step %d of %d (data stream position %d)", start_step, total_steps, next_position)
 
     # Loop.
-    bad_audio_log = input_lib.new_bad_audio_log()
-    batches = input_lib.train_batches(config.data, data, batch_size=global_batch // process_count,
-                                      seed=config.seed, start_index=next_position, bad_audio_log=bad_audio_log,
-                                      process_index=process_index, process_count=process_count)
+    bad_audio_log = data_sources.new_bad_audio_log()
+    batches = data_sources.train_batches(config.data, data, batch_size=global_batch // process_count,
+                                         seed=config.seed, start_index=next_position, bad_audio_log=bad_audio_log,
+                                         process_index=process_index, process_count=process_count)
     writer = reporting.create_writer(workdir, enabled=process_index == 0)
-    profiler = None
-    if config.profile.enabled:
-        profiler = hooks.RunProfiler(config.profile, workdir, global_batch=global_batch,
-                                     flops_per_step=profile.get("train_step_flops"),
-                                     peak_tflops=profile.get("peak_tflops"), writer=writer,
-                                     write_files=process_index == 0)
-        profiler.write_start(start_step, profile)
-        profiler.measure_idle()
     progress = reporting.Progress(total_steps, global_batch, start_step)
     train_log = reporting.TrainLog(workdir, enabled=process_index == 0, resume_step=start_step)
     pending, last_metrics = [], {}
@@ -204,17 +160,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         return means
 
     preempted_at = None
-    with preemption.PreemptionWatcher() as watcher:  # SIGTERM/SIGINT: checkpoint the step, stop
+    with run_profiler.create(config, workdir, programs, writer=writer, start_step=start_step,
+                             write_files=process_index == 0) as profiler, \
+            preemption.PreemptionWatcher() as watcher:  # SIGTERM/SIGINT: checkpoint the step, stop
         try:
             for step in range(start_step + 1, total_steps + 1):
                 batch = next(batches)
                 next_position = int(batch.pop("index")[-1]) + 1
-                if profiler:
-                    profiler.before_step(step, pending[-1] if pending else state)
                 state, metrics = p_train_step(state, parallel.shard_batch(batch, mesh))
                 pending.append(metrics)
-                if profiler:
-                    profiler.after_step(step, metrics)
+                profiler.step(step, metrics)
                 is_last = step == total_steps
                 stop = watcher.should_stop(step)  # a preemption notice: checkpoint this step and leave
                 is_checkpoint = step % config.train.checkpoint_every_steps == 0 or is_last or stop
@@ -228,51 +183,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                     preempted_at = step
                     break
                 if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 and not is_last:
-                    if profiler:
-                        profiler.pause(step, metrics)  # evaluation time is not training time
-                    writer.write_scalars(step, reporting.eval_scalars(
-                        evaluation.evaluate(embedder, state.variables, config, data)))
-            if profiler:
-                profiler.finish_training(int(state.step), state.step)
+                    with profiler.paused():  # evaluation time is not training time
+                        writer.write_scalars(step, reporting.eval_scalars(
+                            evaluation.evaluate(embedder, state.variables, config, data)))
         finally:
-            checkpointer.close()  # waits for an in-flight save, also when the loop fails
-            # Free the endless input iterator here, also when the loop fails: left to interpreter shutdown (e.g. held
-            # by a traceback), TF's map threads that call into Python can hang the exit (seen in a script that kept
-            # a speed-perturbed pipeline's iterator in a global).
+            with profiler.paused():  # waiting for the last checkpoint's write is not training time either
+                checkpointer.close()  # waits for an in-flight save, also when the loop fails
+            # Free the endless input iterator here, also when the loop fails: left to interpreter shutdown (e.g.
+            # held by a traceback), TF's map threads that call into Python can hang the exit (seen in a script
+            # that kept a speed-perturbed pipeline's iterator in a global).
             batches.close()
 
-    if preempted_at is not None:
-        log.warning("stopped by %s after step %d of %d; its checkpoint is saved: run the same command to resume",
-                    watcher.signal_name, preempted_at, total_steps)
-        writer.flush()
-        if profiler:
-            profiler.close()
-        return {"preempted_at_step": preempted_at, "signal": watcher.signal_name, "steps": preempted_at}
+        if preempted_at is not None:
+            log.warning("stopped by %s after step %d of %d; its checkpoint is saved: run the same command to resume",
+                        watcher.signal_name, preempted_at, total_steps)
+            writer.flush()
+            return {"preempted_at_step": preempted_at, "signal": watcher.signal_name, "steps": preempted_at}
 
-    with profiler.eval_window(evaluation.num_embedded(config, data)) if profiler else contextlib.nullcontext():
-        eval_results = evaluation.evaluate(embedder, state.variables, config, data)
-    writer.write_scalars(int(state.step), reporting.eval_scalars(eval_results))
-    writer.flush()
-    summary = {
-        "config": config.to_dict(),
-        "params": models.count_params(state.params["backbone"]),
-        "head_params": models.count_params(state.params["head"]),
-        "steps": int(state.step),
-        "resumed_from_step": start_step,
-        "wall_seconds": time.time() - wall_start,
-        "devices": [str(d) for d in mesh.devices.flat],
-        "train": last_metrics,
-        "nonfinite_steps_skipped": nonfinite.skipped,
-        "throughput_utt_per_s": progress.steady_utt_per_s(),
-        "data": {"train_utterances": len(data.train), "speakers": data.train.num_speakers,
-                 "classes": data.num_classes, "source": str(data.train_shards.root if data.train_shards else
-                                                            data.train.root),
-                 "bad_audio_skipped": bad_audio_log.count, "bad_audio_files": bad_audio_log.files[:100]},
-        "eval": eval_results,
-    }
-    if profiler:
-        summary["profile"] = profile | profiler.summary(total_steps_run=int(state.step))
-        profiler.close()
+        with profiler.evaluation(evaluation.num_embedded(config, data)):
+            eval_results = evaluation.evaluate(embedder, state.variables, config, data)
+        writer.write_scalars(int(state.step), reporting.eval_scalars(eval_results))
+        writer.flush()
+        summary = {
+            "config": config.to_dict(),
+            "params": models.count_params(state.params["backbone"]),
+            "head_params": models.count_params(state.params["head"]),
+            "steps": int(state.step),
+            "resumed_from_step": start_step,
+            "wall_seconds": time.time() - wall_start,
+            "devices": [str(d) for d in mesh.devices.flat],
+            "train": last_metrics,
+            "nonfinite_steps_skipped": nonfinite.skipped,
+            "throughput_utt_per_s": progress.steady_utt_per_s(),
+            "data": {"train_utterances": len(data.train), "speakers": data.train.num_speakers,
+                     "classes": data.num_classes, "source": str(data.train_shards.root if data.train_shards else
+                                                                data.train.root),
+                     "bad_audio_skipped": bad_audio_log.count, "bad_audio_files": bad_audio_log.files[:100]},
+            "eval": eval_results,
+            **profiler.summary(total_steps_run=int(state.step)),
+        }
     if process_index == 0:
         (workdir_path / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     log.info("eval: %s", json.dumps(eval_results))

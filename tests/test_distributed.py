@@ -18,7 +18,7 @@ import pytest
 
 from configs import tiny
 from sv_jax import distributed
-from sv_jax import input as input_lib
+from sv_jax import data_sources
 from sv_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def _config(corpus):
 def test_two_processes_train_like_one_and_stop_together_on_sigterm(tmp_path):
     from data_pipeline import synthetic
     corpus = tmp_path / "corpus"
-    synthetic.generate_corpus(corpus, input_lib.synthetic_spec(tiny.get_config().data), num_workers=1)
+    synthetic.generate_corpus(corpus, data_sources.synthetic_spec(tiny.get_config().data), num_workers=1)
     workdir = tmp_path / "two"
     flags = [f"--config={ROOT / 'configs/tiny.py'}", f"--workdir={workdir}", f"--config.data.synthetic.root={corpus}",
              "--config.data.dither=0.0", f"--config.train.num_epochs={STEPS // 3}", "--num_processes=2"]

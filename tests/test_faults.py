@@ -16,7 +16,7 @@ import pytest
 
 from configs import tiny
 from sv_jax import checkpoint as checkpoint_lib
-from sv_jax import input as input_lib
+from sv_jax import data_sources
 from sv_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ STEPS = 30  # 10 epochs of 3 steps, a checkpoint every 2
 def corpus_root(tmp_path_factory):
     from data_pipeline import synthetic
     root = tmp_path_factory.mktemp("corpus") / "synthetic"
-    synthetic.generate_corpus(root, input_lib.synthetic_spec(tiny.get_config().data), num_workers=1)
+    synthetic.generate_corpus(root, data_sources.synthetic_spec(tiny.get_config().data), num_workers=1)
     return root
 
 
@@ -158,7 +158,7 @@ def test_no_readable_checkpoint_is_an_error_and_renames_nothing(straight_workdir
 
 def _nan_batches_at(monkeypatch, bad_steps, batch_size):
     """Makes the batches of `bad_steps` (of a run from step 0, one process) all NaN."""
-    real = input_lib.train_batches
+    real = data_sources.train_batches
 
     def train_batches(*args, **kwargs):
         batches = real(*args, **kwargs)
@@ -170,7 +170,7 @@ def _nan_batches_at(monkeypatch, bad_steps, batch_size):
         finally:
             batches.close()
 
-    monkeypatch.setattr(input_lib, "train_batches", train_batches)
+    monkeypatch.setattr(data_sources, "train_batches", train_batches)
 
 
 def test_nan_batch_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(corpus_root, tmp_path,

@@ -1,4 +1,5 @@
-"""profiling.memory: state split by pytree, XLA's per-device temporaries, the CPU's missing peak, the CLI."""
+"""Train-step memory (sv_jax.costs, profiling.xla_memory): state split by pytree, XLA's per-device temporaries, the
+CPU's missing peak, the command line."""
 
 import json
 import os
@@ -10,9 +11,9 @@ import jax
 import pytest
 
 from configs import tiny
-from profiling import flops
-from profiling import memory
+from sv_jax import costs as memory
 from sv_jax import models
+from sv_jax import programs as programs_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ def sgd_report():
 
 
 def test_params_bytes_are_four_per_float32_parameter(sgd_report):
-    state = flops.lower_programs(_config(), batch_size=8, devices=jax.devices()[:1]).state
+    state = programs_lib.lower_programs(_config(), 8, memory.default_num_classes(_config()), jax.devices()[:1]).state
     assert sgd_report.params_bytes == 4 * models.count_params(state.params)
     assert sgd_report.batch_stats_bytes == 4 * models.count_params(state.batch_stats)
     assert sgd_report.model == "ResNet" and sgd_report.batch_size == 8 and sgd_report.devices == 1
@@ -61,9 +62,8 @@ def test_activation_bytes_grow_with_batch_and_split_over_devices(sgd_report):
 
 
 def test_from_compiled_reads_the_same_numbers(sgd_report):
-    programs = flops.lower_programs(_config(), batch_size=8, devices=jax.devices()[:1])
-    report = memory.memory_from_compiled(programs.train_step.compile(), programs.state, batch_size=8,
-                                         model="ResNet")
+    programs = programs_lib.lower_programs(_config(), 8, memory.default_num_classes(_config()), jax.devices()[:1])
+    report = memory.step_memory(programs.train_step.compile(), programs.state, batch_size=8, model="ResNet")
     assert report == sgd_report
 
 
@@ -74,13 +74,11 @@ def test_peak_in_use_is_none_with_a_reason_on_cpu(sgd_report):
     # The step a GPU runs to measure its peak also runs here (on zeros, data-parallel), only the reading is None.
     ran = memory.memory_report(_config(), batch_size=8, devices=jax.devices(), run_step=True)
     assert ran.peak_bytes_in_use is None and ran.activation_bytes > 0
-    scalars = sgd_report.scalars()
-    assert scalars["memory/params_bytes"] == sgd_report.params_bytes and "memory/peak_bytes_in_use" not in scalars
 
 
 def test_cli_prints_json():
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-m", "profiling.memory", "--config=configs/tiny.py", "--json"],
+    out = subprocess.run([sys.executable, "-m", "profiling.study.memory", "--config=configs/tiny.py", "--json"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads(out.stdout.strip().splitlines()[-1])

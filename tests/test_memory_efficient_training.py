@@ -10,7 +10,7 @@ import pytest
 
 from configs import tiny
 from sv_jax import checkpoint as checkpoint_lib
-from sv_jax import input as input_lib
+from sv_jax import data_sources
 from sv_jax import train
 
 
@@ -18,7 +18,7 @@ from sv_jax import train
 def corpus_root(tmp_path_factory):
     from data_pipeline import synthetic
     root = tmp_path_factory.mktemp("corpus") / "synthetic"
-    synthetic.generate_corpus(root, input_lib.synthetic_spec(tiny.get_config().data), num_workers=1)
+    synthetic.generate_corpus(root, data_sources.synthetic_spec(tiny.get_config().data), num_workers=1)
     return root
 
 

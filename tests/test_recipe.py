@@ -14,7 +14,7 @@ from configs import tiny
 from data_pipeline import augment, manifest, shards, synthetic
 from sv_jax import checkpoint as checkpoint_lib
 from sv_jax import commands, train
-from sv_jax import input as input_lib
+from sv_jax import data_sources
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return synthetic.generate_corpus(tmp_path_factory.mktemp("corpus") / "synthetic",
-                                     input_lib.synthetic_spec(tiny.get_config().data), num_workers=1)
+                                     data_sources.synthetic_spec(tiny.get_config().data), num_workers=1)
 
 
 def _write_vox1_lists(corpus, directory: pathlib.Path) -> list:

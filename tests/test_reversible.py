@@ -9,9 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from profiling import flops
-from profiling import memory
+from profiling import xla_cost, xla_memory
 from sv_jax import commands, models, step as step_lib
+from sv_jax.models import macs as macs_lib
 from sv_jax.models import resnet
 from sv_jax.models import reversible as rev
 
@@ -114,7 +114,7 @@ def _residual_and_temp_bytes(stage, num_blocks: int) -> tuple[int, int]:
     params = _stage_params(num_blocks, rev.coupling_convs("full", "bottleneck", 16, 8), seed=5)
     x = _normal((4, 6, 8, 16), seed=6)
     residuals = jax.eval_shape(lambda p, v: jax.vjp(lambda p_, v_: stage(p_, v_)[0], p, v)[1], params, x)
-    residual = memory.tree_bytes(residuals) - memory.tree_bytes(params)
+    residual = xla_memory.tree_bytes(residuals) - xla_memory.tree_bytes(params)
     gradient = jax.jit(jax.grad(lambda p, v: jnp.sum(stage(p, v)[0] ** 2), argnums=(0, 1)))
     return residual, gradient.lower(params, x).compile().memory_analysis().temp_size_in_bytes
 
@@ -225,7 +225,7 @@ def test_describe_and_analytic_count(name, mode):
     description = commands.describe(config)
     assert sum(layer["params"] for layer in description["layers"]) == description["params"] == SIZES[name, mode][0]
     assert description["layers"][-2]["output_shape"] == [1, 10, 25, 256 if name == "r34" else 1024]
-    macs = flops.analytic_forward_macs(config.model, 200, 80, "full")
+    macs = macs_lib.forward_macs(config.model, 200, 80, "full")
     assert round(macs / 1e9, 3) == SIZES[name, mode][1]
 
 
@@ -237,5 +237,5 @@ def test_xla_forward_matches_the_analytic_count(mode, num_blocks):
     feats = jax.ShapeDtypeStruct((2, 41, 32), jnp.float32)
     variables = jax.eval_shape(backbone.init, jax.random.key(0), feats)
     compiled = jax.jit(backbone.apply).lower(variables, feats).compile()
-    analytic = 2 * 2 * flops.backbone_macs(backbone, 41, 32)
-    assert analytic < flops.compiled_cost(compiled, 1)["flops"] < 1.1 * analytic
+    analytic = 2 * 2 * macs_lib.backbone_macs(backbone, 41, 32)
+    assert analytic < xla_cost.compiled_cost(compiled, 1).flops < 1.1 * analytic

@@ -15,7 +15,7 @@ import pytest
 from configs import tiny
 from sv_jax import checkpoint as checkpoint_lib
 from sv_jax import commands, train
-from sv_jax import input as input_lib
+from sv_jax import data_sources
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def corpus_root(tmp_path_factory):
     """The tiny corpus, generated once for this module (configs point at it)."""
     from data_pipeline import synthetic
     root = tmp_path_factory.mktemp("corpus") / "synthetic"
-    synthetic.generate_corpus(root, input_lib.synthetic_spec(tiny.get_config().data), num_workers=1)
+    synthetic.generate_corpus(root, data_sources.synthetic_spec(tiny.get_config().data), num_workers=1)
     return root
 
 
@@ -115,7 +115,7 @@ def test_corrupt_training_and_evaluation_audio_is_named_or_skipped(corpus_root, 
     assert summary["steps"] == 3
     # Evaluation leaves out the trials that use the skipped file, and says how many.
     key = str(bad_eval.relative_to(root / "test"))
-    trials = input_lib.resolve_data(config.data, str(tmp_path)).trials[0]
+    trials = data_sources.resolve_data(config.data, str(tmp_path)).trials[0]
     uses_bad = sum(key in (e, t) for e, t in zip(trials.enroll, trials.test))
     assert uses_bad > 0 and summary["eval"]["trials"]["skipped_trials"] == uses_bad
     assert summary["eval"]["trials"]["num_trials"] == len(trials) - uses_bad

@@ -1,6 +1,6 @@
 """Batch size x compute precision on ResNet34: global batch 64/128/256/512 in float32 and bfloat16.
 
-    python -m profiling.flops_vs_joules run --sweep=configs/sweeps/batch_precision.py --out=results/batch [--quick]
+    python -m profiling.study run --sweep=configs/sweeps/batch_precision.py --out=results/batch [--quick]
 
 Energy per utterance, not per step, is the comparable figure here (the report lists both).
 """

@@ -4,15 +4,14 @@ A sweep file sets `name`, `description` and `variants`: (name, nested overrides 
 order they run and are plotted, e.g. `("ResNet18", {"model": {"name": "ResNet18"}})`. It may change anything
 below. Run one with
 
-    python -m profiling.flops_vs_joules run --sweep=configs/sweeps/depth.py --out=results/depth [--quick]
+    python -m profiling.study run --sweep=configs/sweeps/depth.py --out=results/depth [--quick]
 
 and override fields as with training configs: `--sweep.measure.repetitions=5`.
 """
 
 import ml_collections
 
-# VoxCeleb2 dev: 1,092,009 utterances, 5,994 speakers (DESIGN.md, the recipe).
-VOXCELEB2_DEV_UTTERANCES = 1_092_009
+from data_pipeline.manifest import VOXCELEB2_DEV_UTTERANCES
 
 
 def base_sweep(name: str, description: str) -> ml_collections.ConfigDict:
@@ -25,7 +24,7 @@ def base_sweep(name: str, description: str) -> ml_collections.ConfigDict:
 
     # Steady-state windows on in-memory batches of the variant's shape (data.batch_size global, data.num_frames).
     sweep.measure = measure = ml_collections.ConfigDict()
-    measure.window_s = 5.0  # each window runs whole steps for at least this long (DESIGN: >= 5 s)
+    measure.window_s = 5.0  # each window runs whole steps for at least this long (docs/design.md: >= 5 s)
     measure.repetitions = 3  # windows per program (train step, inference); mean and spread over them
     measure.cooldown_s = 5.0  # idle time before each window, so one window's heat does not leak into the next
     measure.warmup_steps = 3  # untimed calls after compilation

@@ -1,7 +1,7 @@
 """Depth: WeSpeaker's ResNet18 ... ResNet293 at width 32 (basic blocks to 34, bottlenecks from 50).
 
-    python -m profiling.flops_vs_joules run --sweep=configs/sweeps/depth.py --out=results/depth [--quick]
-    python -m profiling.flops_vs_joules analyze results/depth
+    python -m profiling.study run --sweep=configs/sweeps/depth.py --out=results/depth [--quick]
+    python -m profiling.study analyze results/depth
 
 Expected (README): FLOPs rise 13x from ResNet18 to ResNet293 and time (or Joules) per step follows them closely;
 the quick run takes about a quarter of an hour on a 2-core CPU.

@@ -1,6 +1,6 @@
 """Stage distribution at similar FLOPs: WeSpeaker's ResNet34 [3,4,6,3] against stage-concentrated variants.
 
-    python -m profiling.flops_vs_joules run --sweep=configs/sweeps/stages.py --out=results/stages [--quick]
+    python -m profiling.study run --sweep=configs/sweeps/stages.py --out=results/stages [--quick]
 
 All are basic-block ResNets of width 32 with 16 blocks. A basic block costs the same MACs in every stage (planes
 double as the pixels quarter), so their forward MACs at 200x80 frames are within 0.4% of each other (analytic count,

@@ -1,6 +1,6 @@
 """A seconds-long sweep for tests and for trying the tool: three tiny ResNets on configs/tiny.py.
 
-    python -m profiling.flops_vs_joules run --sweep=configs/sweeps/tiny.py --out=/tmp/tiny_sweep --quick
+    python -m profiling.study run --sweep=configs/sweeps/tiny.py --out=/tmp/tiny_sweep --quick
 """
 
 from configs.sweeps import common

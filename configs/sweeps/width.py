@@ -1,6 +1,6 @@
 """Width: the first stage's planes (WeSpeaker's m_channels) 16/32/48/64 on ResNet34 and ResNet50.
 
-    python -m profiling.flops_vs_joules run --sweep=configs/sweeps/width.py --out=results/width [--quick]
+    python -m profiling.study run --sweep=configs/sweeps/width.py --out=results/width [--quick]
 """
 
 from configs.sweeps import common

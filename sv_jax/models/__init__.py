@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cli import ConfigError
 from sv_jax.models.heads import ArcMarginProduct, margin_schedule
 from sv_jax.models.resnet import BLOCKS, ResNet
 from sv_jax.models.reversible import MODES
@@ -54,15 +55,15 @@ def resolve_architecture(model_config) -> tuple[str, tuple[int, ...]]:
         preset = RESNET_PRESETS[name]
         if (block is not None and block != preset[0]) or (
                 num_blocks is not None and tuple(num_blocks) != preset[1]):
-            raise ValueError(f"model.name={name!r} fixes block={preset[0]!r} and num_blocks={preset[1]}; "
+            raise ConfigError(f"model.name={name!r} fixes block={preset[0]!r} and num_blocks={preset[1]}; "
                              f"use model.name={CUSTOM!r} for another block type or depth")
         return preset
     if name != CUSTOM:
-        raise ValueError(f"unknown model.name {name!r}; choose one of {sorted(RESNET_PRESETS) + [CUSTOM]}")
+        raise ConfigError(f"unknown model.name {name!r}; choose one of {sorted(RESNET_PRESETS) + [CUSTOM]}")
     if block not in BLOCKS:
-        raise ValueError(f"model.name={CUSTOM!r} needs model.block in {sorted(BLOCKS)}, got {block!r}")
+        raise ConfigError(f"model.name={CUSTOM!r} needs model.block in {sorted(BLOCKS)}, got {block!r}")
     if num_blocks is None or len(num_blocks) != 4 or min(num_blocks) < 1:
-        raise ValueError(f"model.name={CUSTOM!r} needs model.num_blocks as 4 positive ints, got {num_blocks!r}")
+        raise ConfigError(f"model.name={CUSTOM!r} needs model.num_blocks as 4 positive ints, got {num_blocks!r}")
     return block, tuple(int(n) for n in num_blocks)
 
 
@@ -70,12 +71,12 @@ def create_model(model_config, num_classes: int, *, unroll_scans: bool = False) 
     """The config's model; `unroll_scans` only for counting FLOPs (see ResNet.unroll_scans)."""
     block, num_blocks = resolve_architecture(model_config)
     if model_config.dtype not in DTYPES:
-        raise ValueError(f"unknown model.dtype {model_config.dtype!r}; choose one of {sorted(DTYPES)}")
+        raise ConfigError(f"unknown model.dtype {model_config.dtype!r}; choose one of {sorted(DTYPES)}")
     reversible = model_config.reversible
     if reversible not in MODES:
-        raise ValueError(f"unknown model.reversible {reversible!r}; choose one of {list(MODES)}")
+        raise ConfigError(f"unknown model.reversible {reversible!r}; choose one of {list(MODES)}")
     if model_config.head.type != "arc_margin":
-        raise ValueError(f"unknown model.head.type {model_config.head.type!r}; choose 'arc_margin'")
+        raise ConfigError(f"unknown model.head.type {model_config.head.type!r}; choose 'arc_margin'")
     backbone = ResNet(block=block, num_blocks=num_blocks, width=model_config.width,
                       embed_dim=model_config.embed_dim, dtype=DTYPES[model_config.dtype], reversible=reversible,
                       unroll_scans=unroll_scans)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import optax
 
+from cli import ConfigError
 from sv_jax.optim import quantized
 from sv_jax.optim.schedules import exponential_decrease
 
@@ -17,7 +18,7 @@ __all__ = ["OPTIMIZERS", "STATE_BITS", "create_optimizer", "create_schedule", "e
 def create_schedule(optim_config, steps_per_epoch: int, num_epochs: int, global_batch_size: int):
     """The config's learning-rate schedule; `optim.scale_lr_by_batch` scales it by global_batch/64 (WeSpeaker)."""
     if optim_config.schedule != "exponential_decrease":
-        raise ValueError(f"unknown optim.schedule {optim_config.schedule!r}; choose 'exponential_decrease'")
+        raise ConfigError(f"unknown optim.schedule {optim_config.schedule!r}; choose 'exponential_decrease'")
     scale = global_batch_size / 64.0 if optim_config.scale_lr_by_batch else 1.0
     return exponential_decrease(optim_config.initial_lr, optim_config.final_lr, num_epochs, steps_per_epoch,
                                 warmup_epochs=optim_config.warmup_epochs, scale_ratio=scale,
@@ -33,7 +34,7 @@ def create_optimizer(optim_config, learning_rate) -> optax.GradientTransformatio
     """
     name, wd, bits = optim_config.name, optim_config.weight_decay, optim_config.state_bits
     if bits not in STATE_BITS:
-        raise ValueError(f"unknown optim.state_bits {bits!r}; choose one of {list(STATE_BITS)}")
+        raise ConfigError(f"unknown optim.state_bits {bits!r}; choose one of {list(STATE_BITS)}")
     sgd, adam, adamw = ((optax.sgd, optax.adam, optax.adamw) if bits == 32 else
                         (quantized.sgd_8bit, quantized.adam_8bit, quantized.adamw_8bit))
     if name == "sgd":
@@ -45,4 +46,4 @@ def create_optimizer(optim_config, learning_rate) -> optax.GradientTransformatio
     if name == "adamw":
         return adamw(learning_rate, b1=optim_config.beta1, b2=optim_config.beta2, eps=optim_config.eps,
                      weight_decay=wd)
-    raise ValueError(f"unknown optim.name {name!r}; choose one of {list(OPTIMIZERS)}")
+    raise ConfigError(f"unknown optim.name {name!r}; choose one of {list(OPTIMIZERS)}")

@@ -1,4 +1,5 @@
-"""profiling.flops: analytic MACs against DESIGN.md's table, XLA's count against the analytic one, device counts."""
+"""FLOP counts: the models' MACs against WeSpeaker's table, XLA's checked counts of the trainer's programs
+(sv_jax.programs, sv_jax.costs, profiling.xla_cost) against the analytic count, device and batch independence."""
 
 import importlib
 import json
@@ -13,13 +14,16 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from profiling import flops
-from sv_jax import models
+from profiling import macs as macs_meter
+from profiling import xla_cost
+from sv_jax import costs
 from sv_jax import parallel
+from sv_jax import programs as programs_lib
+from sv_jax.models import macs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# DESIGN.md: WeSpeaker's full-kernel forward GMACs at 200 frames x 80 bins (conv + embedding layer).
+# docs/design.md: WeSpeaker's full-kernel forward GMACs at 200 frames x 80 bins (conv + embedding layer).
 DESIGN_GMACS = {"r18": 2.169, "r34": 4.528, "r50": 5.073, "r101": 9.807, "r152": 14.542, "r221": 20.949,
                 "r293": 27.633}
 
@@ -36,15 +40,15 @@ def _small_config(block: str):
 @pytest.fixture(scope="module")
 def basic_reports():
     config = _small_config("basic")
-    return {n: flops.flops_report(config, batch_size=8, devices=jax.devices()[:n]) for n in (1, 4)}
+    return {n: costs.flops_report(config, batch_size=8, devices=jax.devices()[:n]) for n in (1, 4)}
 
 
 @pytest.mark.parametrize("name", sorted(DESIGN_GMACS))
 def test_full_kernel_macs_match_design_table(name):
     config = importlib.import_module(f"configs.{name}").get_config()
-    macs = flops.analytic_forward_macs(config.model, config.data.num_frames, config.data.num_mel_bins, "full")
+    count = macs.forward_macs(config.model, config.data.num_frames, config.data.num_mel_bins, "full")
     assert (config.data.num_frames, config.data.num_mel_bins) == (200, 80)
-    assert round(macs / 1e9, 3) == DESIGN_GMACS[name]
+    assert round(count / 1e9, 3) == DESIGN_GMACS[name]
 
 
 def test_every_model_config_loads_and_has_an_analytic_count():
@@ -52,27 +56,27 @@ def test_every_model_config_loads_and_has_an_analytic_count():
     assert names == sorted(DESIGN_GMACS)
     for name in names:
         config = importlib.import_module(f"configs.{name}").get_config()
-        real = flops.analytic_forward_macs(config.model, 200, 80, "real")
+        real = macs.forward_macs(config.model, 200, 80, "real")
         assert 0.9 * DESIGN_GMACS[name] * 1e9 < real < DESIGN_GMACS[name] * 1e9
 
 
 def test_real_convention_drops_only_padding_taps():
     # 3 positions, kernel 3, padding 1: the two edge outputs each lose one tap.
-    assert flops._taps(3, 3, 1, "real") == 7 and flops._taps(3, 3, 1, "full") == 9
+    assert macs_meter.conv_taps(3, 3, 1, (1, 1), "real") == 7 and macs_meter.conv_taps(3, 3, 1, (1, 1), "full") == 9
     # Stride 2 over 5 positions: outputs at 0, 2, 4; the first and the last lose a tap.
-    assert flops._taps(5, 3, 2, "real") == 7 and flops._taps(5, 3, 2, "full") == 9
-    assert flops._taps(7, 1, 2, "real") == flops._taps(7, 1, 2, "full") == 4
+    assert macs_meter.conv_taps(5, 3, 2, (1, 1), "real") == 7 and macs_meter.conv_taps(5, 3, 2, (1, 1), "full") == 9
+    assert macs_meter.conv_taps(7, 1, 2, (0, 0), "real") == macs_meter.conv_taps(7, 1, 2, (0, 0), "full") == 4
     r34 = importlib.import_module("configs.r34").get_config().model
-    assert flops.analytic_forward_macs(r34, 200, 80, "real") == 4_345_128_576  # 2x = 8.69 GFLOP
+    assert macs.forward_macs(r34, 200, 80, "real") == 4_345_128_576  # 2x = 8.69 GFLOP
     with pytest.raises(ValueError, match="convention"):
-        flops.analytic_forward_macs(r34, 200, 80, "winograd")
+        macs.forward_macs(r34, 200, 80, "winograd")
 
 
 @pytest.mark.parametrize("block", ["basic", "bottleneck"])
 def test_xla_forward_matches_twice_the_real_input_macs(block, basic_reports):
-    report = basic_reports[1] if block == "basic" else flops.flops_report(
+    report = basic_reports[1] if block == "basic" else costs.flops_report(
         _small_config(block), batch_size=8, devices=jax.devices()[:1])
-    assert report.source == "xla"
+    assert report.flops_source == "xla"
     assert report.forward_flops_per_utt == pytest.approx(report.forward_flops_per_utt_analytic, rel=0.02)
     assert report.forward_flops_per_utt_unoptimized == pytest.approx(report.forward_flops_per_utt_analytic,
                                                                      rel=0.02)
@@ -89,8 +93,8 @@ def test_reversible_models_are_counted_with_every_coupling(mode):
     pair's error-free adds add a few elementwise FLOPs per coupling, hence the looser bound)."""
     config = _small_config("bottleneck")
     config.model.num_blocks, config.model.reversible = (1, 4, 1, 1), mode
-    report = flops.flops_report(config, batch_size=8, devices=jax.devices()[:1])
-    assert report.source == flops.SOURCE_UNROLLED
+    report = costs.flops_report(config, batch_size=8, devices=jax.devices()[:1])
+    assert report.flops_source == f"xla-cpu ({programs_lib.SCANS_UNROLLED})"
     assert report.forward_flops_per_utt == pytest.approx(report.forward_flops_per_utt_analytic, rel=0.08)
     assert report.forward_flops_per_utt_unoptimized == pytest.approx(report.forward_flops_per_utt_analytic,
                                                                      rel=0.08)
@@ -101,13 +105,13 @@ def test_reversible_models_are_counted_with_every_coupling(mode):
 def test_r34_at_200_frames():
     """The issue's check: within 2% of 8.69 GFLOP (full kernel: 9.06), train step near 3x (~5 s to compile)."""
     config = importlib.import_module("configs.r34").get_config()
-    report = flops.flops_report(config, batch_size=8, devices=jax.devices()[:1])
+    report = costs.flops_report(config, batch_size=8, devices=jax.devices()[:1])
     assert report.params == 6_634_336 and report.num_classes == 5994 * 3
     assert round(report.forward_flops_per_utt_analytic / 1e9, 2) == 8.69
     assert round(2 * report.forward_macs_full_kernel_per_utt / 1e9, 2) == 9.06
     assert report.forward_flops_per_utt == pytest.approx(report.forward_flops_per_utt_analytic, rel=0.02)
     assert report.train_step_to_forward_flops_ratio == pytest.approx(3.0, abs=0.1)
-    assert report.arithmetic_intensity_flops_per_byte > 0 and report.bytes_accessed_per_utt > 0
+    assert report.train_step_arithmetic_intensity_flops_per_byte > 0 and report.train_step_bytes_accessed_per_utt > 0
 
 
 def test_per_utterance_numbers_do_not_depend_on_device_count(basic_reports):
@@ -122,7 +126,7 @@ def test_per_utterance_numbers_do_not_depend_on_device_count(basic_reports):
 
 def test_flops_per_utterance_do_not_depend_on_batch_size(basic_reports):
     one = basic_reports[1]
-    bigger = flops.flops_report(_small_config("basic"), batch_size=16, devices=jax.devices()[:1])
+    bigger = costs.flops_report(_small_config("basic"), batch_size=16, devices=jax.devices()[:1])
     assert bigger.forward_flops_per_utt == pytest.approx(one.forward_flops_per_utt, rel=0.001)
     assert bigger.train_step_flops_per_utt == pytest.approx(one.train_step_flops_per_utt, rel=0.01)
 
@@ -135,46 +139,49 @@ def test_compiled_cost_sums_over_devices():
     single = jax.jit(matmul).lower(x, w).compile()
     sharded = jax.jit(matmul, in_shardings=(parallel.data_sharded(mesh), parallel.replicated(mesh))).lower(
         x, w).compile()
-    assert flops.program_devices(single) == 1 and flops.program_devices(sharded) == 4
+    assert xla_cost.program_devices(single) == 1 and xla_cost.program_devices(sharded) == 4
     raw = sharded.cost_analysis()
     raw = raw[0] if isinstance(raw, (list, tuple)) else raw
     assert raw["flops"] == pytest.approx(2 * 64 * 128 * 256 / 4, rel=0.01)  # per device
     for compiled in (single, sharded):
-        assert flops.compiled_cost(compiled)["flops"] == pytest.approx(2 * 64 * 128 * 256, rel=0.01)
+        assert xla_cost.compiled_cost(compiled).flops == pytest.approx(2 * 64 * 128 * 256, rel=0.01)
 
 
 def test_unusable_count_falls_back_to_cpu_and_says_so():
     lowered = jax.jit(lambda a: a @ a).lower(jax.ShapeDtypeStruct((32, 32), jnp.float32))
-    cost = flops.checked_cost(lowered.compile, minimum_flops=1e15, lower_for_cpu=lambda: lowered)
-    assert cost["source"] == "xla-cpu (cpu count unusable)"
-    assert cost["flops"] == pytest.approx(2 * 32 ** 3, rel=0.01) and cost["num_devices"] == 1
-    assert flops.checked_cost(lowered.compile, 2 * 32 ** 3, lambda: None)["source"] == "xla"
+    cost = xla_cost.checked_cost(lowered.compile, minimum_flops=1e15, fallback=lambda: lowered)
+    assert cost.source == "xla-cpu (cpu count unusable)"
+    assert cost.flops == pytest.approx(2 * 32 ** 3, rel=0.01) and cost.num_devices == 1
+    assert xla_cost.checked_cost(lowered.compile, 2 * 32 ** 3, lambda: None).source == "xla"
+    # A program known to be under-counted (scans) is never counted itself.
+    never = lambda: pytest.fail("the under-counted program was compiled")
+    assert xla_cost.checked_cost(never, 0, lambda: lowered, always_fallback="scans").source == "xla-cpu (scans)"
 
 
-def test_trainer_entry_points_agree_with_the_report(basic_reports):
+def test_the_trainers_programs_agree_with_the_report(basic_reports):
+    """What the trainer compiles (its steps-per-epoch, a counting forward batch) counts what the report counts."""
     config, report = _small_config("basic"), basic_reports[4]
-    mesh = parallel.create_mesh(jax.devices())
-    programs = flops.lower_programs(config, batch_size=8, devices=jax.devices())
-    model = models.create_model(config.model, flops.default_num_classes(config))
-    forward = flops.forward_cost(model, programs.state.variables, 40, 32, mesh)
-    assert forward["batch_size"] == 8 and forward["source"] == "xla"
-    assert forward["flops_per_utt"] == pytest.approx(report.forward_flops_per_utt, rel=1e-6)
-    step = flops.train_step_cost(config, programs.train_step.compile(), batch_size=8)
-    assert step["num_devices"] == 4 and step["source"] == "xla"
-    assert step["flops"] / 8 == pytest.approx(report.train_step_flops_per_utt, rel=1e-6)
-    assert set(report.scalars()) >= {"flops/forward_per_utt", "flops/train_step_per_utt"}
+    compiled = programs_lib.compile_programs(config, 8, costs.default_num_classes(config), jax.devices(),
+                                             steps_per_epoch=3, forward_batch_size=4)
+    assert compiled.forward_cost.source == "xla" and compiled.forward_cost.num_devices == 4
+    assert compiled.forward_cost.flops / 4 == pytest.approx(report.forward_flops_per_utt, rel=1e-3)
+    step = compiled.train_step_cost
+    assert step.num_devices == 4 and step.source == "xla"
+    assert step.flops / 8 == pytest.approx(report.train_step_flops_per_utt, rel=1e-6)
 
 
 def test_cli_prints_json_and_table():
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "profiling.flops", "--config=configs/tiny.py", "--config.model.width=32"]
+    command = [sys.executable, "-m", "profiling.study.flops", "--config=configs/tiny.py", "--config.model.width=32"]
     out = subprocess.run(command + ["--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads(out.stdout.strip().splitlines()[-1])
     for key in ("params", "forward_flops_per_utt", "forward_flops_per_utt_analytic", "train_step_flops_per_utt",
-                "bytes_accessed_per_utt", "arithmetic_intensity_flops_per_byte", "source", "num_frames"):
+                "train_step_bytes_accessed_per_utt", "train_step_arithmetic_intensity_flops_per_byte",
+                "flops_source", "num_frames"):
         assert key in record
     assert record["devices"] == 4 and record["num_frames"] == 50 and record["batch_size"] == 8
-    assert np.isfinite(record["arithmetic_intensity_flops_per_byte"])
-    table = flops.format_table(record)
+    assert np.isfinite(record["train_step_arithmetic_intensity_flops_per_byte"])
+    from profiling.study import cost_cli
+    table = cost_cli.format_table(record)
     assert "forward_flops_per_utt " in table and " G" in table and " MB" in table

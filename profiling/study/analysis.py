@@ -1,8 +1,8 @@
 """Analysis of a sweep's rows: Joules (or seconds) against FLOPs, the EER-vs-energy Pareto front, the projection.
 
-    study = analyze("results/depth")   # reads results.jsonl and sweep.json, writes analysis.json, plots, report.md
+    study = analysis.study(*analysis.load("results/depth"))   # profiling.study.report.write() also writes files
 
-Cost is energy (Joules per train step / inference call) where every row has a measured figure; otherwise time
+Cost is energy (Joules per train step / forward call) where every row has a measured figure; otherwise time
 (seconds per call), and the report says so: a machine without a sensor gives a time-only study, never an estimate
 shown as energy. Fits are least squares of cost per call on the XLA FLOPs of that call (cost = a·FLOPs + b: a is the
 marginal cost of a FLOP, b the per-call overhead that FLOPs do not explain) and on FLOPs and bytes accessed, with
@@ -22,7 +22,6 @@ assumes cost per utterance at the recipe's batch equals the measured batch's. It
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pathlib
 from typing import Any, Sequence
@@ -30,8 +29,12 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
+import cli
 from profiling import carbon
-from profiling import sweep as sweep_lib
+from profiling import names
+from profiling.study import results
+
+PROGRAMS = names.PROGRAMS  # 'train_step', 'forward'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,11 +124,11 @@ def project(row: dict[str, Any], projection: dict[str, Any], grid: carbon.Grid, 
     scale = row["forward_macs_per_utt_projection"] / row["forward_macs_per_utt_analytic"]
     out = {"steps": projection["epochs"] * (projection["utterances_per_epoch"] // projection["global_batch"]),
            "chunk_scale": scale,
-           "hours": row["train_s_per_step_mean"] / row["batch_size"] * scale * utterances / 3600}
+           "hours": row[names.key(names.TRAIN_STEP, "s_mean")] / row["batch_size"] * scale * utterances / 3600}
     out["device_hours"] = out["hours"] * row["num_devices"]
     if energy:
-        joules = row["train_j_per_step_mean"] / row["batch_size"] * scale * utterances
-        out |= {"kwh": joules / 3.6e6, "co2_kg": grid.grams(joules) / 1000}
+        joules = row[names.key(names.TRAIN_STEP, "j_mean")] / row["batch_size"] * scale * utterances
+        out |= {"kwh": joules / carbon.J_PER_KWH, "co2_kg": grid.grams(joules) / 1000}
     return out
 
 
@@ -138,8 +141,8 @@ class Study:
     failed: dict[str, str]  # variant -> why
     energy: bool  # cost is Joules (True) or seconds (False)
     why_time_only: str
-    fits: dict[str, Any]  # 'train' / 'infer' -> {'line': Fit, 'plane': PlaneFit, 'correlation': {...}}
-    cost_per_gflop: dict[str, dict[str, float]]  # variant -> {'train': J (or s) per GFLOP, 'infer': ...}
+    fits: dict[str, Any]  # 'train_step' / 'forward' -> {'line': Fit, 'plane': PlaneFit, 'correlation': {...}}
+    cost_per_gflop: dict[str, dict[str, float]]  # variant -> {'train_step': J (or s) per GFLOP, 'forward': ...}
     projection: dict[str, dict[str, Any]]  # variant -> project()
     pareto: dict[str, Any]  # {'cost_key', 'points', 'front', 'knee'} or {'missing': why}
 
@@ -148,10 +151,9 @@ class Study:
         return "J" if self.energy else "s"
 
     def cost(self, row: dict[str, Any], program: str) -> tuple[float, float]:
-        """(mean, std) cost per call of `program` ('train' | 'infer') in the study's unit."""
+        """(mean, std) cost per call of `program` ('train_step' | 'forward') in the study's unit."""
         kind = "j" if self.energy else "s"
-        unit = "step" if program == "train" else "call"
-        return row[f"{program}_{kind}_per_{unit}_mean"], row[f"{program}_{kind}_per_{unit}_std"]
+        return row[names.key(program, f"{kind}_mean")], row[names.key(program, f"{kind}_std")]
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -162,29 +164,26 @@ class Study:
 def load(out: str | pathlib.Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]:
     """(sweep.json, done rows in sweep order, failed variants with reasons) of a results directory."""
     out = pathlib.Path(out)
-    if not (out / sweep_lib.META).exists():
-        raise FileNotFoundError(f"{out}: no {sweep_lib.META}; run `python -m profiling.flops_vs_joules run "
-                                f"--out={out}` first")
-    meta = json.loads((out / sweep_lib.META).read_text())
-    latest = sweep_lib.read_rows(out)
+    meta = results.read_meta(out)
+    latest = results.read_rows(out)
     order = meta["variants"] + [v for v in latest if v not in meta["variants"]]
-    rows = [latest[v] for v in order if v in latest and latest[v]["status"] == sweep_lib.DONE]
-    failed = {v: latest[v]["status"] for v in order if v in latest and latest[v]["status"] != sweep_lib.DONE}
+    rows = [latest[v] for v in order if v in latest and latest[v]["status"] == results.DONE]
+    failed = {v: latest[v]["status"] for v in order if v in latest and latest[v]["status"] != results.DONE}
     if not rows:
-        raise ValueError(f"{out}: no finished variants in {sweep_lib.RESULTS_JSONL}")
+        raise cli.UserError(f"{out}: no finished variants in {results.RESULTS_JSONL}")
     return meta, rows, failed
 
 
 def study(meta: dict[str, Any], rows: list[dict[str, Any]], failed: dict[str, str] | None = None) -> Study:
     """Fits, correlations, projection and Pareto front of `rows` (see the module docstring)."""
-    energy = all(r.get("train_j_per_step_mean") is not None and r.get("infer_j_per_call_mean") is not None
-                 for r in rows)
+    j_mean = {program: names.key(program, "j_mean") for program in PROGRAMS}
+    energy = all(r.get(column) is not None for r in rows for column in j_mean.values())
     why = "" if energy else "; ".join(sorted({r.get("energy_unavailable") or "a window without a figure"
-                                              for r in rows if r.get("train_j_per_step_mean") is None}))
+                                              for r in rows if any(r.get(c) is None for c in j_mean.values())}))
     result = Study(meta, rows, dict(failed or {}), energy, why, {}, {}, {}, {})
-    for program, unit in (("train", "step"), ("infer", "call")):
-        flops = [r[f"{program}_flops_per_{unit}"] for r in rows]
-        bytes_ = [r[f"{program}_bytes_per_{unit}"] for r in rows]
+    for program in PROGRAMS:
+        flops = [r[names.key(program, "flops")] for r in rows]
+        bytes_ = [r[names.key(program, "bytes_accessed")] for r in rows]
         cost = [result.cost(r, program)[0] for r in rows]
         result.fits[program] = {"line": fit_line(flops, cost), "plane": fit_plane(flops, bytes_, cost),
                                 "correlation": correlation(flops, cost),
@@ -212,15 +211,4 @@ def study(meta: dict[str, Any], rows: list[dict[str, Any]], failed: dict[str, st
                                    "eer_points_per_cost": (eer[a] - eer[b]) / (cost[b] - cost[a])
                                    if cost[b] > cost[a] else None}
                                   for a, b in zip(front, front[1:])]}
-    return result
-
-
-def analyze(out: str | pathlib.Path, plots: bool = True) -> Study:
-    """Reads a results directory and writes analysis.json, the plots and report.md into it."""
-    from profiling import study_report  # Lazily: matplotlib is only needed to write the plots.
-    out = pathlib.Path(out)
-    result = study(*load(out))
-    (out / "analysis.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    images = study_report.plot_all(result, out) if plots else {}
-    (out / "report.md").write_text(study_report.markdown(result, images))
     return result

@@ -1,4 +1,4 @@
-"""Tests for sv_jax.metrics against hand-worked cases and independent references (sklearn, brute-force loops)."""
+"""Tests for sv_jax.scoring against hand-worked cases and independent references (sklearn, brute-force loops)."""
 
 import time
 import types
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_curve
 
-from sv_jax import metrics
+from sv_jax import scoring
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -49,19 +49,19 @@ def _random_trials(seed, n=2000, shift=1.5):
 
 
 def test_eer_perfect_separation():
-    eer, thr = metrics.compute_eer([0.9, 0.8, 0.7, 0.6, 0.1, 0.2, 0.3, 0.4], [1, 1, 1, 1, 0, 0, 0, 0])
+    eer, thr = scoring.compute_eer([0.9, 0.8, 0.7, 0.6, 0.1, 0.2, 0.3, 0.4], [1, 1, 1, 1, 0, 0, 0, 0])
     assert eer == 0.0
     assert 0.4 < thr <= 0.6
 
 
 def test_eer_fully_reversed():
-    eer, _ = metrics.compute_eer([0.1, 0.2, 0.3, 0.4, 0.9, 0.8, 0.7, 0.6], [1, 1, 1, 1, 0, 0, 0, 0])
+    eer, _ = scoring.compute_eer([0.1, 0.2, 0.3, 0.4, 0.9, 0.8, 0.7, 0.6], [1, 1, 1, 1, 0, 0, 0, 0])
     assert eer == 1.0
 
 
 def test_eer_one_swap_hand_worked():
     # Descending: .9T .8T .7T .6N .4T .3N .2N .1N -> at threshold 0.6: FNR = 1/4 (0.4 rejected), FPR = 1/4.
-    eer, thr = metrics.compute_eer([0.9, 0.8, 0.7, 0.4, 0.6, 0.3, 0.2, 0.1], [1, 1, 1, 1, 0, 0, 0, 0])
+    eer, thr = scoring.compute_eer([0.9, 0.8, 0.7, 0.4, 0.6, 0.3, 0.2, 0.1], [1, 1, 1, 1, 0, 0, 0, 0])
     assert eer == pytest.approx(0.25)
     assert thr == pytest.approx(0.6)
 
@@ -70,17 +70,17 @@ def test_eer_interpolated_hand_worked():
     # 2 targets (0.9, 0.3), 2 non-targets (0.6, 0.1). Points (FPR, FNR): (0,1) (0,.5) (.5,.5)... -> crossing
     # exactly at (.5, .5). With 3 targets (0.9, 0.8, 0.3): (0,1) (0,2/3) (0,1/3) (.5,1/3): i = 3,
     # d0 = 1/3, d1 = 1/3 - 1/2 = -1/6, a = 2/3 -> EER = 0 + 2/3 * 0.5 = 1/3.
-    assert metrics.compute_eer([0.9, 0.3, 0.6, 0.1], [1, 1, 0, 0])[0] == pytest.approx(0.5)
-    assert metrics.compute_eer([0.9, 0.8, 0.3, 0.6, 0.1], [1, 1, 1, 0, 0])[0] == pytest.approx(1 / 3)
+    assert scoring.compute_eer([0.9, 0.3, 0.6, 0.1], [1, 1, 0, 0])[0] == pytest.approx(0.5)
+    assert scoring.compute_eer([0.9, 0.8, 0.3, 0.6, 0.1], [1, 1, 1, 0, 0])[0] == pytest.approx(1 / 3)
 
 
 def test_eer_ties_across_classes():
     # All scores equal: one operating point (accept all) besides reject-all -> EER 0.5 whatever the order.
-    assert metrics.compute_eer(np.zeros(6), [1, 0, 1, 0, 0, 0])[0] == pytest.approx(0.5)
+    assert scoring.compute_eer(np.zeros(6), [1, 0, 1, 0, 0, 0])[0] == pytest.approx(0.5)
     # A tie between a target and a non-target must not depend on input order.
     scores = np.array([0.9, 0.5, 0.5, 0.1])
-    a = metrics.compute_eer(scores, [1, 1, 0, 0])
-    b = metrics.compute_eer(scores, [1, 0, 1, 0])
+    a = scoring.compute_eer(scores, [1, 1, 0, 0])
+    b = scoring.compute_eer(scores, [1, 0, 1, 0])
     assert a == b
     assert a[0] == pytest.approx(sklearn_eer(scores, [1, 1, 0, 0]))
 
@@ -88,7 +88,7 @@ def test_eer_ties_across_classes():
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
 def test_eer_matches_sklearn_reference(seed):
     scores, labels = _random_trials(seed)
-    eer, thr = metrics.compute_eer(scores, labels)
+    eer, thr = scoring.compute_eer(scores, labels)
     assert abs(eer - sklearn_eer(scores, labels)) <= 1e-3
     # The returned threshold is an operating point with FNR <= FPR next to the EER.
     accept = scores >= thr
@@ -101,20 +101,20 @@ def test_eer_matches_sklearn_reference(seed):
 def test_eer_matches_sklearn_with_heavy_ties(seed):
     scores, labels = _random_trials(seed)
     scores = np.round(scores, 1)  # many ties across classes
-    assert abs(metrics.compute_eer(scores, labels)[0] - sklearn_eer(scores, labels)) <= 1e-9
+    assert abs(scoring.compute_eer(scores, labels)[0] - sklearn_eer(scores, labels)) <= 1e-9
 
 
 def test_eer_errors():
     with pytest.raises(ValueError, match="one class"):
-        metrics.compute_eer([0.1, 0.2, 0.3], [1, 1, 1])
+        scoring.compute_eer([0.1, 0.2, 0.3], [1, 1, 1])
     with pytest.raises(ValueError, match="one class"):
-        metrics.compute_min_dcf([0.1, 0.2], [0, 0])
+        scoring.compute_min_dcf([0.1, 0.2], [0, 0])
     with pytest.raises(ValueError, match="NaN"):
-        metrics.compute_eer([0.1, np.nan, 0.3], [1, 0, 1])
+        scoring.compute_eer([0.1, np.nan, 0.3], [1, 0, 1])
     with pytest.raises(ValueError, match="length"):
-        metrics.compute_eer([0.1, 0.2, 0.3], [1, 0])
+        scoring.compute_eer([0.1, 0.2, 0.3], [1, 0])
     with pytest.raises(ValueError, match="0/1"):
-        metrics.compute_eer([0.1, 0.2, 0.3], [1, 0, 2])
+        scoring.compute_eer([0.1, 0.2, 0.3], [1, 0, 2])
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ def test_eer_errors():
 def test_min_dcf_matches_brute_force(seed, p_target, c_miss, c_fa):
     scores, labels = _random_trials(seed, n=400, shift=1.0)
     scores = np.round(scores, 2)  # include ties
-    dcf, thr = metrics.compute_min_dcf(scores, labels, p_target=p_target, c_miss=c_miss, c_fa=c_fa)
+    dcf, thr = scoring.compute_min_dcf(scores, labels, p_target=p_target, c_miss=c_miss, c_fa=c_fa)
     assert dcf == pytest.approx(brute_force_min_dcf(scores, labels, p_target, c_miss, c_fa), abs=1e-12)
     assert dcf <= 1.0
     # The threshold achieves the reported cost.
@@ -139,25 +139,25 @@ def test_min_dcf_matches_brute_force(seed, p_target, c_miss, c_fa):
 
 def test_min_dcf_trivial_and_perfect():
     # Useless system: the trivial reject-all decision gives normalised cost exactly 1.
-    dcf, thr = metrics.compute_min_dcf([0.1, 0.2, 0.3, 0.4], [1, 0, 1, 0], p_target=0.01)
+    dcf, thr = scoring.compute_min_dcf([0.1, 0.2, 0.3, 0.4], [1, 0, 1, 0], p_target=0.01)
     assert dcf == pytest.approx(1.0) and thr == np.inf
-    assert metrics.compute_min_dcf([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0])[0] == 0.0
+    assert scoring.compute_min_dcf([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0])[0] == 0.0
     # Reversed scores: still at most 1.
-    assert metrics.compute_min_dcf([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0], p_target=0.5)[0] == pytest.approx(1.0)
+    assert scoring.compute_min_dcf([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0], p_target=0.5)[0] == pytest.approx(1.0)
 
 
 def test_verification_metrics():
     scores, labels = _random_trials(7)
-    out = metrics.verification_metrics(scores, labels)
+    out = scoring.verification_metrics(scores, labels)
     assert set(out) == {"eer_percent", "eer_threshold", "min_dcf_p01", "min_dcf_p05", "num_trials", "num_target"}
-    eer, thr = metrics.compute_eer(scores, labels)
+    eer, thr = scoring.compute_eer(scores, labels)
     assert out["eer_percent"] == pytest.approx(100 * eer)
     assert out["eer_threshold"] == thr
-    assert out["min_dcf_p01"] == pytest.approx(metrics.compute_min_dcf(scores, labels, 0.01)[0])
-    assert out["min_dcf_p05"] == pytest.approx(metrics.compute_min_dcf(scores, labels, 0.05)[0])
+    assert out["min_dcf_p01"] == pytest.approx(scoring.compute_min_dcf(scores, labels, 0.01)[0])
+    assert out["min_dcf_p05"] == pytest.approx(scoring.compute_min_dcf(scores, labels, 0.05)[0])
     assert out["num_trials"] == 2000 and out["num_target"] == int(labels.sum())
     assert isinstance(out["num_trials"], int) and isinstance(out["eer_percent"], float)
-    out = metrics.verification_metrics(scores, labels, p_targets=(0.001, 0.1))
+    out = scoring.verification_metrics(scores, labels, p_targets=(0.001, 0.1))
     assert "min_dcf_p001" in out and "min_dcf_p1" in out
 
 
@@ -166,7 +166,7 @@ def test_metrics_speed_500k():
     labels = rng.integers(0, 2, 500_000)
     scores = rng.normal(size=500_000) + 2 * labels
     start = time.perf_counter()
-    metrics.verification_metrics(scores, labels)
+    scoring.verification_metrics(scores, labels)
     assert time.perf_counter() - start < 1.5  # typically ~0.2 s; generous for shared CI machines
 
 
@@ -179,10 +179,10 @@ def test_cosine_scores():
     rng = np.random.default_rng(0)
     e, t = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
     expected = [a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(e, t)]
-    np.testing.assert_allclose(metrics.cosine_scores(e, t), expected, rtol=1e-12)
-    np.testing.assert_allclose(metrics.cosine_scores(e, 3 * e), 1.0)
+    np.testing.assert_allclose(scoring.cosine_scores(e, t), expected, rtol=1e-12)
+    np.testing.assert_allclose(scoring.cosine_scores(e, 3 * e), 1.0)
     with pytest.raises(ValueError):
-        metrics.cosine_scores(e, t[:4])
+        scoring.cosine_scores(e, t[:4])
 
 
 def _embeddings(seed=0, n_utts=12, dim=16):
@@ -203,9 +203,9 @@ def test_score_trials_with_and_without_mean():
             a = emb[e].astype(np.float64) - (0 if m is None else m)
             b = emb[t].astype(np.float64) - (0 if m is None else m)
             expected.append(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
-        np.testing.assert_allclose(metrics.score_trials(emb, trials, mean=m), expected, atol=1e-6)
+        np.testing.assert_allclose(scoring.score_trials(emb, trials, mean=m), expected, atol=1e-6)
     # The mean matters (embeddings are offset by +0.5).
-    assert not np.allclose(metrics.score_trials(emb, trials), metrics.score_trials(emb, trials, mean=mean),
+    assert not np.allclose(scoring.score_trials(emb, trials), scoring.score_trials(emb, trials, mean=mean),
                            atol=1e-3)
 
 
@@ -215,7 +215,7 @@ def test_score_trials_missing_keys():
     for k in used[:3]:
         del emb[k]
     with pytest.raises(KeyError) as err:
-        metrics.score_trials(emb, trials)
+        scoring.score_trials(emb, trials)
     msg = str(err.value)
     assert "3 of" in msg and all(k in msg for k in used[:3])
 
@@ -223,7 +223,7 @@ def test_score_trials_missing_keys():
 def test_score_trials_missing_keys_lists_at_most_ten():
     trials = types.SimpleNamespace(enroll=[f"e{i}" for i in range(15)], test=[f"t{i}" for i in range(15)])
     with pytest.raises(KeyError) as err:
-        metrics.score_trials({}, trials)
+        scoring.score_trials({}, trials)
     msg = str(err.value)
     assert "30 of 30" in msg and sum(f"'{p}{i}'" in msg for p in "et" for i in range(15)) == 10
 
@@ -247,12 +247,12 @@ def as_norm_reference(scores, enroll, test, cohort, top_k):
 def test_as_norm_matches_reference(top_k):
     emb, trials, rng = _embeddings(seed=3)
     cohort = rng.normal(size=(50, 16)) + 0.2
-    scores = metrics.score_trials(emb, trials)
+    scores = scoring.score_trials(emb, trials)
     enroll = np.stack([emb[k] for k in trials.enroll])
     test = np.stack([emb[k] for k in trials.test])
     expected = as_norm_reference(scores, enroll.astype(np.float64), test.astype(np.float64), cohort, top_k)
-    np.testing.assert_allclose(metrics.as_norm(scores, enroll, test, cohort, top_k=top_k), expected, atol=1e-4)
-    np.testing.assert_allclose(metrics.as_norm_trials(scores, emb, trials, cohort, top_k=top_k), expected,
+    np.testing.assert_allclose(scoring.as_norm(scores, enroll, test, cohort, top_k=top_k), expected, atol=1e-4)
+    np.testing.assert_allclose(scoring.as_norm_trials(scores, emb, trials, cohort, top_k=top_k), expected,
                                atol=1e-4)
 
 
@@ -260,22 +260,22 @@ def test_as_norm_trials_with_mean_and_chunking(monkeypatch):
     emb, trials, rng = _embeddings(seed=5)
     cohort = rng.normal(size=(40, 16))
     mean = rng.normal(size=16)
-    scores = metrics.score_trials(emb, trials, mean=mean)
+    scores = scoring.score_trials(emb, trials, mean=mean)
     enroll = np.stack([emb[k] - mean for k in trials.enroll])
     test = np.stack([emb[k] - mean for k in trials.test])
     expected = as_norm_reference(scores, enroll, test, cohort - mean, 10)
-    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 64)  # force several chunks
-    np.testing.assert_allclose(metrics.as_norm_trials(scores, emb, trials, cohort, top_k=10, mean=mean), expected,
+    monkeypatch.setattr(scoring, "_CHUNK_ELEMENTS", 64)  # force several chunks
+    np.testing.assert_allclose(scoring.as_norm_trials(scores, emb, trials, cohort, top_k=10, mean=mean), expected,
                                atol=1e-4)
-    np.testing.assert_allclose(metrics.score_trials(emb, trials, mean=mean), scores, atol=1e-6)
+    np.testing.assert_allclose(scoring.score_trials(emb, trials, mean=mean), scores, atol=1e-6)
 
 
 def test_as_norm_errors():
     rng = np.random.default_rng(0)
     e, t = rng.normal(size=(4, 8)), rng.normal(size=(4, 8))
     with pytest.raises(ValueError):
-        metrics.as_norm(np.zeros(4), e, t, rng.normal(size=(1, 8)))  # cohort of one: no std
+        scoring.as_norm(np.zeros(4), e, t, rng.normal(size=(1, 8)))  # cohort of one: no std
     with pytest.raises(ValueError):
-        metrics.as_norm(np.zeros(4), e, t, rng.normal(size=(10, 7)))  # dimension mismatch
+        scoring.as_norm(np.zeros(4), e, t, rng.normal(size=(10, 7)))  # dimension mismatch
     with pytest.raises(ValueError):
-        metrics.as_norm(np.zeros(3), e, t, rng.normal(size=(10, 8)))  # score count mismatch
+        scoring.as_norm(np.zeros(3), e, t, rng.normal(size=(10, 8)))  # score count mismatch

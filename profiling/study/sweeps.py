@@ -12,26 +12,23 @@ variant can be trained exactly as it was measured.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import os
 import pathlib
 from typing import Any, Mapping
 
 import ml_collections
+from ml_collections.config_flags import config_flags
 
+import cli
 from sv_jax import models, parallel
 
 
 def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    """`get_config()` of a Python config file, as --config loads it."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_sweep_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    """`get_config()` of a Python config file, loaded by the parser behind --config (unlocked)."""
+    if not pathlib.Path(path).is_file():
+        raise cli.MissingInputError(f"config file {path} does not exist")
+    return config_flags.ConfigFileFlagParser("config", lock_config=False).parse(os.fspath(path))
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any], where: str,
@@ -41,7 +38,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
     for key, value in overrides.items():
         dotted = f"{prefix}{key}"
         if key not in config:
-            raise ValueError(f"{where}: unknown config key {dotted!r}; "
+            raise cli.ConfigError(f"{where}: unknown config key {dotted!r}; "
                              f"{prefix or 'top level'} has {sorted(config.keys())}")
         if _is_map(value) and isinstance(config[key], ml_collections.ConfigDict):
             apply_overrides(config[key], value, where, f"{dotted}.")
@@ -105,7 +102,7 @@ class Settings:
 def settings(sweep: ml_collections.ConfigDict, quick: bool, train: bool | None = None) -> Settings:
     source = sweep.quick if quick else sweep.measure
     if source.repetitions < 1 or source.window_s <= 0:
-        raise ValueError(f"sweep {sweep.name}: need repetitions >= 1 and window_s > 0, got "
+        raise cli.ConfigError(f"sweep {sweep.name}: need repetitions >= 1 and window_s > 0, got "
                          f"{source.repetitions} and {source.window_s}")
     default_train = sweep.quick.train if quick else sweep.train.enabled
     return Settings(quick, float(source.window_s), int(source.repetitions), float(source.cooldown_s),
@@ -116,7 +113,7 @@ def variant_overrides(sweep: ml_collections.ConfigDict, name: str) -> dict[str, 
     """The nested overrides that turn the base config into variant `name` (the sweep's, then the variant's)."""
     variants = dict(sweep.variants)
     if name not in variants:
-        raise ValueError(f"sweep {sweep.name} has no variant {name!r}; it has {variant_names(sweep)}")
+        raise cli.ConfigError(f"sweep {sweep.name} has no variant {name!r}; it has {variant_names(sweep)}")
     return merge(sweep.overrides, variants[name])
 
 
@@ -124,7 +121,7 @@ def variant_names(sweep: ml_collections.ConfigDict) -> list[str]:
     """The sweep's variants in the order they run and are plotted."""
     names = [name for name, _ in sweep.variants]
     if len(set(names)) != len(names):
-        raise ValueError(f"sweep {sweep.name}: duplicate variant names in {names}")
+        raise cli.ConfigError(f"sweep {sweep.name}: duplicate variant names in {names}")
     return names
 
 

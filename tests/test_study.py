@@ -9,10 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from profiling import carbon, energy
-from profiling import study as study_lib
-from profiling import sweep as sweep_lib
-from profiling import sweep_config
+from profiling import carbon, energy, windows as windows_lib
+from profiling.study import analysis as study_lib
+from profiling.study import report as report_lib
+from profiling.study import results
+from profiling.study import sweeps as sweep_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SWEEPS = sorted(p for p in (ROOT / "configs" / "sweeps").glob("*.py") if p.stem not in ("__init__", "common"))
@@ -48,20 +49,20 @@ class PlantedMachine:
         return run
 
 
-def _windows(machine, monitor, flops, program="train"):
-    return sweep_lib.measure_windows(program, machine.runner(flops), monitor, window_s=5.0, repetitions=3,
+def _windows(machine, monitor, flops, program="train_step"):
+    return windows_lib.measure_windows(program, machine.runner(flops), monitor, window_s=5.0, repetitions=3,
                                      cooldown_s=2.0, clock=machine.clock, sleep=machine.clock.advance)
 
 
 def _row(name, flops, train, infer, **extra):
-    row = {"sweep": "planted", "variant": name, "status": sweep_lib.DONE, "quick": False,
+    row = {"sweep": "planted", "variant": name, "status": results.DONE, "quick": False,
            "measured_at": "2026-11-21T00:00:00", "model": "ResNet", "block": "basic", "num_blocks": "2-2-2-2",
            "width": 32, "dtype": "float32", "batch_size": 64, "num_frames": 200, "num_devices": 1, "params": 1e6,
-           "train_flops_per_step": flops, "train_bytes_per_step": 0.01 * flops * (1 + 0.3 * math.sin(flops)),
-           "infer_flops_per_call": flops / 3, "infer_bytes_per_call": 0.004 * flops,
+           "train_step_flops": flops, "train_step_bytes_accessed": 0.01 * flops * (1 + 0.3 * math.sin(flops)),
+           "forward_flops": flops / 3, "forward_bytes_accessed": 0.004 * flops,
            "forward_macs_per_utt_analytic": flops / 6 / 64, "forward_macs_per_utt_projection": flops / 6 / 64,
            "activation_bytes": 1e6, "energy_sources": "gpu0: fake", "energy_unavailable": ""}
-    row |= sweep_lib.window_fields("train", train) | sweep_lib.window_fields("infer", infer)
+    row |= train.fields("train_step") | infer.fields("forward")
     return row | extra
 
 
@@ -94,23 +95,23 @@ def test_analysis_recovers_a_planted_energy_flops_relation(tmp_path):
     with energy.EnergyMonitor([machine.sensor], clock=machine.clock, background=False) as monitor:
         for name, flops in variants.items():
             rows.append(_row(name, flops, _windows(machine, monitor, flops),
-                             _windows(machine, monitor, flops / 3, "infer")))
+                             _windows(machine, monitor, flops / 3, "forward")))
     # Through the files, as `analyze` reads them.
     meta = _meta() | {"variants": list(variants)}
-    (tmp_path / sweep_lib.META).write_text(json.dumps(meta))
-    (tmp_path / sweep_lib.RESULTS_JSONL).write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    (tmp_path / results.META).write_text(json.dumps(meta))
+    (tmp_path / results.RESULTS_JSONL).write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
 
-    result = study_lib.analyze(tmp_path)
+    result = report_lib.write(tmp_path)
 
-    fit = result.fits["train"]["line"]
+    fit = result.fits["train_step"]["line"]
     assert result.energy and fit.n == 7
     assert fit.slope == pytest.approx(A_J_PER_FLOP, rel=0.02) and fit.intercept == pytest.approx(B_J, rel=0.02)
-    assert fit.r2 > 0.999 and result.fits["train"]["correlation"]["spearman_rho"] == pytest.approx(1.0)
-    infer = result.fits["infer"]["line"]
+    assert fit.r2 > 0.999 and result.fits["train_step"]["correlation"]["spearman_rho"] == pytest.approx(1.0)
+    infer = result.fits["forward"]["line"]
     assert infer.slope == pytest.approx(A_J_PER_FLOP, rel=0.02) and infer.intercept == pytest.approx(B_J, rel=0.02)
     report = (tmp_path / "report.md").read_text()
     assert "Time only" not in report and "Quick numbers" not in report and "No Pareto front: no EER" in report
-    for name in ("train_flops_vs_cost.png", "infer_flops_vs_cost.png", "stages.png", "analysis.json"):
+    for name in ("train_step_flops_vs_cost.png", "forward_flops_vs_cost.png", "stages.png", "analysis.json"):
         assert (tmp_path / name).stat().st_size > 1000
 
 
@@ -139,7 +140,7 @@ def test_pareto_front_and_knee():
 
 def test_projection_scales_to_the_recipe():
     row = {"forward_macs_per_utt_projection": 4e9, "forward_macs_per_utt_analytic": 1e9, "batch_size": 8,
-           "num_devices": 2, "train_s_per_step_mean": 0.4, "train_j_per_step_mean": 100.0}
+           "num_devices": 2, "train_step_s_mean": 0.4, "train_step_j_mean": 100.0}
     projection = {"epochs": 150, "utterances_per_epoch": 1_092_009, "global_batch": 256, "num_frames": 200}
     grid = carbon.Grid(400.0, "test", 1.5)
     out = study_lib.project(row, projection, grid, energy=True)
@@ -155,15 +156,14 @@ def test_projection_scales_to_the_recipe():
 def test_time_only_when_any_variant_lacks_energy(tmp_path):
     machine = PlantedMachine()
     with energy.EnergyMonitor([machine.sensor], clock=machine.clock, background=False) as monitor:
-        train, infer = _windows(machine, monitor, 1e10), _windows(machine, monitor, 3e9, "infer")
+        train, infer = _windows(machine, monitor, 1e10), _windows(machine, monitor, 3e9, "forward")
     rows = [_row("a", 1e10, train, infer, eer_percent=5.0),
-            _row("b", 2e10, train, infer, train_j_per_step_mean=None, energy_unavailable="rapl: not readable",
+            _row("b", 2e10, train, infer, train_step_j_mean=None, energy_unavailable="rapl: not readable",
                  eer_percent=4.0)]
     result = study_lib.study(_meta(quick=True), rows)
     assert not result.energy and result.why_time_only == "rapl: not readable"
     assert result.pareto["cost_key"] == "device_hours" and "kwh" not in result.projection["a"]
-    from profiling import study_report
-    text = study_report.markdown(result, {})
+    text = report_lib.markdown(result, {})
     assert "**Time only**" in text and "rapl: not readable" in text and "**Quick numbers**" in text
 
 
@@ -181,9 +181,9 @@ def test_every_sweep_config_resolves_every_variant(path):
 
 
 def test_stage_sweep_variants_have_similar_flops():
-    from profiling import flops
+    from sv_jax.models import macs as macs_lib
     sweep = sweep_config.load_config_file(ROOT / "configs/sweeps/stages.py")
-    macs = [flops.analytic_forward_macs(sweep_config.variant_config(sweep, n, False, 1).model, 200, 80)
+    macs = [macs_lib.forward_macs(sweep_config.variant_config(sweep, n, False, 1).model, 200, 80)
             for n in sweep_config.variant_names(sweep)]
     assert max(macs) / min(macs) < 1.01
 
@@ -207,7 +207,7 @@ def test_command_line_flags_reproduce_the_overrides():
 
 def test_run_quick_then_rerun_resumes_and_refuses_to_mix(tmp_path):
     out = tmp_path / "tiny"
-    command = [sys.executable, "-m", "profiling.flops_vs_joules", "run", "--sweep=configs/sweeps/tiny.py",
+    command = [sys.executable, "-m", "profiling.study", "run", "--sweep=configs/sweeps/tiny.py",
                f"--out={out}", "--quick", "--variants=b4,b8", "--sweep.quick.window_s=0.3",
                "--sweep.quick.cooldown_s=0", "--sweep.quick.idle_s=0"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -216,15 +216,15 @@ def test_run_quick_then_rerun_resumes_and_refuses_to_mix(tmp_path):
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["variant"], r["status"]) for r in rows] == [("b4", "done"), ("b8", "done")]
     for r in rows:  # counted, timed, trained
-        assert r["train_flops_per_step"] > 2 * r["infer_flops_per_call"] > 0 and r["train_windows"] == 3
-        assert r["train_s_per_step_mean"] > 0 and r["train_j_per_step_mean"] is None and r["energy_unavailable"]
+        assert r["train_step_flops"] > 2 * r["forward_flops"] > 0 and r["train_step_windows"] == 3
+        assert r["train_step_s_mean"] > 0 and r["train_step_j_mean"] is None and r["energy_unavailable"]
         assert 0 <= r["eer_percent"] <= 100 and (out / "train" / r["variant"] / "summary.json").exists()
-    assert rows[1]["train_flops_per_step"] > 1.5 * rows[0]["train_flops_per_step"]
+    assert rows[1]["train_step_flops"] > 1.5 * rows[0]["train_step_flops"]
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 3 and csv_lines[0].startswith("sweep,variant,quick,status")
     report = (out / "report.md").read_text()
     assert "**Quick numbers**" in report and "**Time only**" in report and "eer_vs_cost.png" in report
-    for name in ("train_flops_vs_cost.png", "infer_flops_vs_cost.png", "stages.png", "eer_vs_cost.png"):
+    for name in ("train_step_flops_vs_cost.png", "forward_flops_vs_cost.png", "stages.png", "eer_vs_cost.png"):
         assert (out / name).stat().st_size > 1000
 
     # A rerun measures nothing new; a failed or missing variant is retried; quick and full rows never mix.
@@ -233,8 +233,9 @@ def test_run_quick_then_rerun_resumes_and_refuses_to_mix(tmp_path):
     rerun = subprocess.run(command[:-3] + ["--sweep.quick.window_s=0.3", "--notrain"], cwd=ROOT,
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    latest = sweep_lib.read_rows(out)
+    latest = results.read_rows(out)
     assert latest["b4"]["status"] == "done" and "eer_percent" not in latest["b4"]  # retried without training
     assert latest["b8"] == rows[1]
     full = subprocess.run([c for c in command if c != "--quick"], cwd=ROOT, capture_output=True, text=True)
-    assert full.returncode != 0 and "quick=True" in full.stderr and "use another --out" in full.stderr
+    assert full.returncode == 2 and "quick=True" in full.stderr and "use another --out" in full.stderr
+    assert "Traceback" not in full.stderr

@@ -1,4 +1,6 @@
-"""The plots (PNG, matplotlib) and the markdown report of a `profiling.study.Study`.
+"""The plots (PNG, matplotlib) and the markdown report of a study (profiling.study.analysis.Study).
+
+    study = write("results/depth")   # reads the rows, writes analysis.json, the plots and report.md
 
 Every figure says what it is: cost axes name Joules or seconds, projected figures say "projection", quick runs say
 "quick" in titles and at the top of the report.
@@ -6,11 +8,16 @@ Every figure says what it is: cost axes name Joules or seconds, projected figure
 
 from __future__ import annotations
 
+import json
 import math
 import pathlib
 from typing import Any
 
-from profiling.study import Study
+from profiling import names
+from profiling.study import analysis
+from profiling.study.analysis import Study
+
+_WHAT = {names.TRAIN_STEP: "train step", names.FORWARD: "forward call"}
 
 STAGE_COLOURS = ("#4c72b0", "#55a868", "#c44e52", "#8172b2")
 
@@ -33,15 +40,13 @@ def _title(study: Study, text: str) -> str:
 
 
 def _cost_label(study: Study, program: str) -> str:
-    unit = "step" if program == "train" else "inference call"
-    return f"{'energy (J)' if study.energy else 'time (s)'} per {unit}"
+    return f"{'energy (J)' if study.energy else 'time (s)'} per {_WHAT[program]}"
 
 
 def plot_flops_vs_cost(study: Study, program: str, path: pathlib.Path) -> None:
     plt = _pyplot()
-    unit = "step" if program == "train" else "call"
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    gflops = [r[f"{program}_flops_per_{unit}"] / 1e9 for r in study.rows]
+    gflops = [r[names.key(program, "flops")] / 1e9 for r in study.rows]
     mean, std = zip(*(study.cost(r, program) for r in study.rows))
     ax.errorbar(gflops, mean, yerr=std, fmt="o", capsize=3, label="measured (mean ± sd over windows)")
     for r, x, y in zip(study.rows, gflops, mean):
@@ -52,10 +57,10 @@ def plot_flops_vs_cost(study: Study, program: str, path: pathlib.Path) -> None:
         ax.plot(xs, [fit.slope * 1e9 * x + fit.intercept for x in xs], "--", color="grey",
                 label=f"fit: {fit.slope * 1e9:.4g}·GFLOP {'+' if fit.intercept >= 0 else '−'} "
                       f"{abs(fit.intercept):.3g}, R² {fit.r2:.3f}")
-    ax.set_xlabel(f"XLA GFLOP per {unit} (batch {study.rows[0]['batch_size']}"
+    ax.set_xlabel(f"XLA GFLOP per {_WHAT[program]} (batch {study.rows[0]['batch_size']}"
                   + (", varies" if len({r['batch_size'] for r in study.rows}) > 1 else "") + ")")
     ax.set_ylabel(_cost_label(study, program))
-    ax.set_title(_title(study, f"{'training' if program == 'train' else 'inference'} FLOPs vs "
+    ax.set_title(_title(study, f"{'training' if program == names.TRAIN_STEP else 'inference'} FLOPs vs "
                                f"{'energy' if study.energy else 'time'}"), fontsize=10)
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
@@ -90,20 +95,20 @@ def plot_stages(study: Study, path: pathlib.Path) -> None:
     """Blocks per stage next to training cost per utterance, one row per variant."""
     plt = _pyplot()
     rows = study.rows[::-1]  # first variant on top
-    names = [r["variant"] for r in rows]
+    labels = [r["variant"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 0.45 * len(rows) + 1.6), sharey=True)
     starts = [0] * len(rows)
     for stage in range(4):
         counts = [int(r["num_blocks"].split("-")[stage]) for r in rows]
-        left.barh(names, counts, left=starts, color=STAGE_COLOURS[stage], label=f"stage {stage + 1}")
+        left.barh(labels, counts, left=starts, color=STAGE_COLOURS[stage], label=f"stage {stage + 1}")
         starts = [s + c for s, c in zip(starts, counts)]
     left.set_xlabel("blocks per stage")
     left.set_xlim(right=max(starts) * 1.4)  # room for the legend beside the bars
     left.legend(fontsize=7, loc="center right")
-    per_utt = [study.cost(r, "train")[0] / r["batch_size"] for r in rows]
-    right.barh(names, per_utt, color="grey")
+    per_utt = [study.cost(r, names.TRAIN_STEP)[0] / r["batch_size"] for r in rows]
+    right.barh(labels, per_utt, color="grey")
     for i, r in enumerate(rows):
-        label = f"{_num(r['train_flops_per_step'] / r['batch_size'] / 1e9)} GFLOP/utt"
+        label = f"{_num(r[names.key(names.TRAIN_STEP, 'flops')] / r['batch_size'] / 1e9)} GFLOP/utt"
         if r.get("eer_percent") is not None:
             label += f", EER {r['eer_percent']:.2f}%"
         right.annotate(label, (per_utt[i], i), textcoords="offset points", xytext=(3, -3), fontsize=7)
@@ -115,8 +120,8 @@ def plot_stages(study: Study, path: pathlib.Path) -> None:
 
 def plot_all(study: Study, out: pathlib.Path) -> dict[str, str]:
     """Writes every plot the study supports; returns {what: file name}."""
-    images = {"train": "train_flops_vs_cost.png", "infer": "infer_flops_vs_cost.png", "stages": "stages.png"}
-    for program in ("train", "infer"):
+    images = {program: f"{program}_flops_vs_cost.png" for program in names.PROGRAMS} | {"stages": "stages.png"}
+    for program in names.PROGRAMS:
         plot_flops_vs_cost(study, program, out / images[program])
     plot_stages(study, out / images["stages"])
     if "front" in study.pareto:
@@ -160,19 +165,20 @@ def markdown(study: Study, images: dict[str, str]) -> str:
 
     out += ["## Variants", ""]
     header = ["variant", "blocks", "width", "dtype", "batch × frames", "params (M)", "train GFLOP/step",
-              "train GB/step", "infer GFLOP/utt", "activations (MB)", f"train {u}/step (mean ± sd)",
-              f"train {u}/utt", f"infer {u}/utt (mean ± sd)", f"train {u}/GFLOP", "EER %"]
+              "train GB/step", "forward GFLOP/utt", "activations (MB)", f"train {u}/step (mean ± sd)",
+              f"train {u}/utt", f"forward {u}/utt (mean ± sd)", f"train {u}/GFLOP", "EER %"]
     table = []
+    step, forward = names.TRAIN_STEP, names.FORWARD
     for r in study.rows:
-        tm, ts = study.cost(r, "train")
-        im, isd = study.cost(r, "infer")
+        tm, ts = study.cost(r, step)
+        im, isd = study.cost(r, forward)
         b = r["batch_size"]
         table.append([r["variant"], f"{r['block']} {r['num_blocks']}", str(r["width"]), r["dtype"],
                       f"{b} × {r['num_frames']}", _num(r["params"] / 1e6),
-                      _num(r["train_flops_per_step"] / 1e9, 4), _num(r["train_bytes_per_step"] / 1e9),
-                      _num(r["infer_flops_per_call"] / b / 1e9), _num(r["activation_bytes"] / 1e6),
+                      _num(r[names.key(step, "flops")] / 1e9, 4), _num(r[names.key(step, "bytes_accessed")] / 1e9),
+                      _num(r[names.key(forward, "flops")] / b / 1e9), _num(r["activation_bytes"] / 1e6),
                       f"{_num(tm)} ± {_num(ts, 2)}", _num(tm / b), f"{_num(im / b)} ± {_num(isd / b, 2)}",
-                      _num(study.cost_per_gflop[r["variant"]]["train"]), _num(r.get("eer_percent"))])
+                      _num(study.cost_per_gflop[r["variant"]][step]), _num(r.get("eer_percent"))])
     out += [_table(header, table), ""]
     if any(r.get("window_warnings") for r in study.rows):
         out += ["Window warnings: " + "; ".join(w for r in study.rows for w in r.get("window_warnings", [])), ""]
@@ -181,7 +187,7 @@ def markdown(study: Study, images: dict[str, str]) -> str:
             f"Least squares over variants of {u} per call on XLA GFLOP per call (`{u} = a·GFLOP + b`), and on GFLOP "
             "and GB accessed.", ""]
     table = []
-    for program, what in (("train", "train step"), ("infer", "inference call")):
+    for program, what in _WHAT.items():
         f, plane, c = study.fits[program]["line"], study.fits[program]["plane"], study.fits[program]["correlation"]
         table.append([what, _num(f.slope * 1e9 if f else None, 4), _num(f.intercept if f else None, 4),
                       _num(f.r2 if f else None, 4), _num(c["pearson_r"], 4), _num(c["spearman_rho"], 4),
@@ -230,3 +236,13 @@ def markdown(study: Study, images: dict[str, str]) -> str:
     if images:
         out += ["## Plots", ""] + [f"![{what}]({name})" for what, name in images.items()] + [""]
     return "\n".join(out)
+
+
+def write(out: str | pathlib.Path, plots: bool = True) -> Study:
+    """Reads a results directory and writes analysis.json, the plots and report.md into it."""
+    out = pathlib.Path(out)
+    result = analysis.study(*analysis.load(out))
+    (out / "analysis.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    images = plot_all(result, out) if plots else {}
+    (out / "report.md").write_text(markdown(result, images))
+    return result

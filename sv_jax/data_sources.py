@@ -14,6 +14,7 @@ import pathlib
 import jax
 from jax.experimental import multihost_utils
 
+from cli import ConfigError, MissingInputError
 from data_pipeline import manifest as manifest_lib
 
 log = logging.getLogger(__name__)
@@ -39,17 +40,18 @@ class DataSources:
 
 def _existing(path_str: str, key: str, kind: str = "directory") -> pathlib.Path:
     if not path_str:
-        raise ValueError(f"config {key} is empty: set it to the {kind} to use")
+        raise ConfigError(f"config {key} is empty: set --config.{key}=<{kind}> (or try configs/demo.py, which "
+                          "generates its own data)")
     path = pathlib.Path(path_str).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"config {key}={path_str!r}: no such {kind}")
+        raise MissingInputError(f"config {key}={path_str!r}: no such {kind}; fix the path in --config.{key}")
     return path
 
 
 def resolve_data(data_config, workdir: str | pathlib.Path, need_train: bool = True) -> DataSources:
     """Scans/generates the data the config names and checks that every trial file exists."""
     if data_config.source not in SOURCES:
-        raise ValueError(f"unknown data.source {data_config.source!r}; choose one of {list(SOURCES)}")
+        raise ConfigError(f"unknown data.source {data_config.source!r}; choose one of {list(SOURCES)}")
     if data_config.source == "synthetic":
         from data_pipeline import synthetic  # pylint: disable=import-outside-toplevel
         root = data_config.synthetic.root or pathlib.Path(workdir) / "synthetic"
@@ -67,7 +69,7 @@ def resolve_data(data_config, workdir: str | pathlib.Path, need_train: bool = Tr
         eval_root = _existing(data_config.eval_dir, "data.eval_dir")
         trial_paths = manifest_lib.parse_trial_paths(data_config.trials)
         if not trial_paths:
-            raise ValueError("config data.trials is empty: give one or more trial lists, comma-separated")
+            raise ConfigError("config data.trials is empty: give one or more trial lists, comma-separated")
         for path in trial_paths:
             _existing(str(path), "data.trials", "trial list")
     shard_set = None
@@ -81,7 +83,7 @@ def resolve_data(data_config, workdir: str | pathlib.Path, need_train: bool = Tr
     trials = tuple(manifest_lib.read_trials(p) for p in trial_paths)
     names = [t.name for t in trials]
     if len(set(names)) != len(names):
-        raise ValueError(f"config data.trials: two lists share a name ({', '.join(names)}); metrics are keyed "
+        raise ConfigError(f"config data.trials: two lists share a name ({', '.join(names)}); metrics are keyed "
                          f"by it, rename one file")
     for trial_list in trials:
         manifest_lib.check_trial_files(trial_list, eval_root)
