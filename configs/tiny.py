@@ -25,4 +25,7 @@ def get_config():
     config.train.checkpoint_every_steps = 3
     config.eval.bucket_frames = 100
     config.eval.num_train_utts = 12
+    # Off in smoke runs: counting a run's programs compiles the forward (and, for reversible models, unrolled CPU
+    # copies of both programs), which is most of a tiny run's time. The tests of profiling turn it on.
+    config.profile.enabled = False
     return config

@@ -22,7 +22,7 @@ import math
 from typing import Any
 
 J_PER_KWH = 3.6e6
-# IEA world average used by CodeCarbon as its fallback; the DESIGN default so runs are comparable across machines.
+# IEA world average used by CodeCarbon as its fallback; the default of docs/design.md, so runs are comparable across machines.
 WORLD_AVERAGE_G_PER_KWH = 475.0
 WORLD_AVERAGE_SOURCE = "world average 475 gCO2eq/kWh (IEA, CodeCarbon's default)"
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Mapping
 from profiling.sensors import (  # noqa: F401  (some re-exported: one import for users of the monitor)
     COUNTER, POWER, RAPL_PERMISSION_HINT, FakeClock, FakeSensor, NvmlSensor, RaplSensor, Sensor, SensorError)
 
-NOISY_WINDOW_S = 2.0  # DESIGN: shorter windows are noisy and biased low.
+NOISY_WINDOW_S = 2.0  # docs/design.md: shorter windows are noisy and biased low.
 GAP_FACTOR = 3.0  # A sampling interval this many poll periods long means the thread starved: the window is suspect.
 
 

@@ -103,6 +103,10 @@ class Checkpointer:
         """The saved state of `step` as a plain tree of arrays (for inference: no optimizer needed)."""
         return self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
 
+    def read_meta(self, step: int) -> dict:
+        """The metadata saved with `step` (data-stream positions, skipped steps)."""
+        return dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()

@@ -14,13 +14,11 @@ import dataclasses
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 
 from data_pipeline.manifest import VOXCELEB2_DEV_SPEAKERS
 from profiling import xla_cost
 from profiling import xla_memory
 from sv_jax import models
-from sv_jax import parallel
 from sv_jax import programs as programs_lib
 from sv_jax.models import macs as macs_lib
 
@@ -146,8 +144,8 @@ def memory_report(config, batch_size: int | None = None, num_classes: int | None
     """Compiles the config's train step for the global `batch_size` (default: the config's) on `devices`
     (default: all) and reports its memory.
 
-    With `run_step` (default: where the backend keeps memory_stats()), one step runs on a zero state and batch so
-    that `peak_bytes_in_use` measures the step; values do not matter for memory.
+    With `run_step` (default: where the backend keeps memory_stats()), one step runs on an initialised state and a
+    random batch so that `peak_bytes_in_use` measures the step; values do not matter for memory.
     """
     devices = list(devices) if devices is not None else jax.devices()
     batch_size = batch_size or config.data.batch_size
@@ -156,13 +154,7 @@ def memory_report(config, batch_size: int | None = None, num_classes: int | None
     if run_step is None:
         run_step = xla_memory.peak_bytes_in_use(devices[0])[0] is not None
     if run_step:
-        zeros = lambda tree, sharding: jax.jit(
-            lambda: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), tree), out_shardings=sharding)()
-        batch = {"feats": jax.ShapeDtypeStruct((batch_size, config.data.num_frames, config.data.num_mel_bins),
-                                               jnp.float32),
-                 "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
-        outputs = programs.train_step(zeros(programs.state, parallel.replicated(programs.mesh)),
-                                      zeros(batch, parallel.data_sharded(programs.mesh)))
+        outputs = programs.train_step(programs.init_state(config.seed), programs.random_batch(config.seed))
         jax.block_until_ready(outputs)
         del outputs
     return step_memory(programs.train_step, programs.state, batch_size=batch_size, model=config.model.name)

@@ -70,8 +70,13 @@ class RunCost:
     forward_batch: int
     forward_flops_per_utt_analytic: float
     memory: costs.StepMemory | None
-    peak_tflops: float | None
+    peak_tflops: float | None  # one device's
     peak_source: str
+    num_devices: int = 1  # devices of the mesh the programs run on
+
+    def mfu(self, tflops: float) -> float | None:
+        """Model FLOPs utilisation: achieved TFLOP/s (the whole mesh's) over the peak of every device in the mesh."""
+        return tflops / (self.peak_tflops * self.num_devices) if self.peak_tflops else None
 
     def profile_fields(self) -> dict[str, Any]:
         """The summary's `profile` counts (names per profiling.names)."""
@@ -94,7 +99,7 @@ class RunCost:
                    forward_flops_per_utt_analytic=2.0 * programs.forward_macs_per_utt,
                    memory=costs.step_memory(programs.train_step, programs.state,
                                             batch_size=programs.lowered.batch_size),
-                   peak_tflops=peak, peak_source=peak_source)
+                   peak_tflops=peak, peak_source=peak_source, num_devices=programs.mesh.size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,9 +130,9 @@ class WindowRecord:
     warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON line: fields without a value are left out."""
+        """The JSON line: fields without a value are left out, except `mfu` next to `tflops` (null: no peak known)."""
         return {k: (list(v) if k == "warnings" else v) for k, v in dataclasses.asdict(self).items()
-                if v is not None and v != ()}
+                if (v is not None and v != ()) or (k == "mfu" and self.tflops is not None)}
 
     def scalars(self) -> dict[str, float]:
         return {scalar: getattr(self, field) for field, scalar in _WINDOW_SCALARS.items()
@@ -304,7 +309,7 @@ class RunProfiler(NullProfiler):
         fields: dict[str, Any] = {"seconds": seconds, "utt_per_s": utterances / seconds if seconds > 0 else None}
         if steps and seconds > 0 and self.cost.train_step.flops:
             fields["tflops"] = self.cost.train_step.flops * steps / seconds / 1e12
-            fields["mfu"] = fields["tflops"] / self.cost.peak_tflops if self.cost.peak_tflops else None
+            fields["mfu"] = self.cost.mfu(fields["tflops"])
         missing = [d for d in self.monitor.sources if d not in measurement.sources]
         if measurement.available and not missing:
             energy_j = measurement.total_j
@@ -344,7 +349,7 @@ class RunProfiler(NullProfiler):
                                  "windows_incomplete": sum(w.complete is False for w in self.windows)}
         if self.windows and self.cost.train_step.flops:
             train["tflops"] = self.cost.train_step.flops * train["steps_measured"] / seconds / 1e12
-            train["mfu"] = train["tflops"] / self.cost.peak_tflops if self.cost.peak_tflops else None
+            train["mfu"] = self.cost.mfu(train["tflops"])
         if measured:
             energy_j = sum(w.energy_j for w in measured)
             steps = sum(w.steps for w in measured)

@@ -23,14 +23,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 30  # 10 epochs of 3 steps, a checkpoint every 2
 
 
-@pytest.fixture(scope="module")
-def corpus_root(tmp_path_factory):
-    from data_pipeline import synthetic
-    root = tmp_path_factory.mktemp("corpus") / "synthetic"
-    synthetic.generate_corpus(root, data_sources.synthetic_spec(tiny.get_config().data), num_workers=1)
-    return root
-
-
 def _config(corpus_root):
     config = tiny.get_config()
     config.data.synthetic.root = str(corpus_root)
@@ -59,6 +51,7 @@ def command(corpus_root, tmp_path):
     config_file.write_text(f"from configs import tiny\n\n\ndef get_config():\n    config = tiny.get_config()\n"
                            f"    config.data.synthetic.root = {str(corpus_root)!r}\n"
                            f"    config.train.num_epochs = {STEPS // 3}\n    config.train.checkpoint_every_steps = 2\n"
+                           f"    config.profile.enabled = True  # the run profiler through every kill\n"
                            f"    return config\n")
     return [sys.executable, "-m", "sv_jax.main", f"--config={config_file}", f"--workdir={tmp_path / 'run'}"]
 

@@ -1,5 +1,6 @@
 """Model parity with WeSpeaker: parameter counts, pooling layout, ArcMargin, margin schedule, exact padded inference."""
 
+import functools
 import importlib
 import math
 
@@ -12,7 +13,7 @@ import pytest
 from sv_jax import commands, models
 from sv_jax.models import heads, pooling, resnet
 
-# DESIGN.md: params at feat 80, emb 256, TSTP, no head.
+# docs/design.md: params at feat 80, emb 256, TSTP, no head.
 WESPEAKER_PARAMS = {
     "r18": 4_105_440, "r34": 6_634_336, "r50": 11_131_360, "r101": 15_892_448,
     "r152": 19_814_880, "r221": 23_792_224, "r293": 28_626_016,
@@ -73,6 +74,7 @@ def test_tstp_with_lengths_equals_truncated_input():
     np.testing.assert_allclose(out[1], pooling.tstp(jnp.asarray(x[1:, :, :5]))[0], rtol=1e-5, atol=1e-6)
 
 
+@functools.partial(jax.jit, static_argnums=1)  # eager, one compilation per leaf shape: 13 s
 def _randomise(tree, seed):
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
@@ -85,18 +87,19 @@ def test_padded_inference_equals_unpadded(block):
     model = resnet.ResNet(block=block, num_blocks=(1, 2, 1, 1), width=4, embed_dim=8)
     lengths = [37, 50, 23]
     feats = np.random.default_rng(2).normal(size=(3, 64, 16)).astype(np.float32)
-    variables = model.init(jax.random.key(0), jnp.asarray(feats[:1, :lengths[0]]))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.asarray(feats[:1, :lengths[0]]))  # eager: 15 s
     # Non-trivial BN statistics and biases, so padded positions would leak if they were not masked.
     variables = {"params": _randomise(variables["params"], 1),
                  "batch_stats": jax.tree_util.tree_map(jnp.abs, _randomise(variables["batch_stats"], 2))}
     padded = feats.copy()
     for row, length in enumerate(lengths):
         padded[row, length:] = 0.0
-    batched = model.apply(variables, jnp.asarray(padded), jnp.asarray(lengths))
+    apply = jax.jit(model.apply)  # one compilation per shape instead of op-by-op dispatch
+    batched = apply(variables, jnp.asarray(padded), jnp.asarray(lengths))
     for row, length in enumerate(lengths):
-        single = model.apply(variables, jnp.asarray(feats[row:row + 1, :length]))
+        single = apply(variables, jnp.asarray(feats[row:row + 1, :length]))
         np.testing.assert_allclose(batched[row], single[0], rtol=2e-4, atol=2e-5)
-    unmasked = model.apply(variables, jnp.asarray(padded))
+    unmasked = apply(variables, jnp.asarray(padded))
     assert not np.allclose(unmasked[1], batched[1], rtol=1e-3, atol=1e-4), "test would not notice leaking padding"
 
 
@@ -139,11 +142,12 @@ def test_bfloat16_keeps_parameters_and_statistics_float32():
                            dtype="bfloat16")
     model = models.create_model(config, 5)
     feats = jnp.asarray(np.random.default_rng(4).normal(size=(2, 32, 16)), jnp.float32)
-    variables = model.init(jax.random.key(0), feats, jnp.zeros(2, jnp.int32), 0.2, train=False)
+    variables = jax.jit(lambda key, x: model.init(key, x, jnp.zeros(2, jnp.int32), 0.2, train=False))(
+        jax.random.key(0), feats)
     dtypes = {x.dtype for x in jax.tree_util.tree_leaves(variables)}
     assert dtypes == {jnp.dtype(jnp.float32)}
-    (embeddings, logits), _ = model.apply(variables, feats, jnp.zeros(2, jnp.int32), 0.2, train=True,
-                                          mutable=["batch_stats"])
+    (embeddings, logits), _ = jax.jit(lambda v, x: model.apply(v, x, jnp.zeros(2, jnp.int32), 0.2, train=True,
+                                                               mutable=["batch_stats"]))(variables, feats)
     assert embeddings.dtype == jnp.float32 and logits.dtype == jnp.float32
     f32 = models.create_model(ml_collections.ConfigDict(dict(config.to_dict(), dtype="float32")), 5)
     reference = f32.apply(variables, feats, method=f32.embed)

@@ -202,7 +202,7 @@ def test_sgd_8bit_nesterov_tracks_optax_sgd():
 
 
 def _resnet34_param_shapes(width: int = 32, feat_dim: int = 80, embed_dim: int = 256) -> list[tuple[int, ...]]:
-    """WeSpeaker ResNet34's parameter shapes (DESIGN.md): stem, 3-4-6-3 BasicBlocks, TSTP, Linear; BN scale+bias."""
+    """WeSpeaker ResNet34's parameter shapes (docs/design.md): stem, 3-4-6-3 BasicBlocks, TSTP, Linear; BN scale+bias."""
     shapes, in_planes = [(3, 3, 1, width), (width,), (width,)], width
     for stage, (blocks, stride) in enumerate(zip((3, 4, 6, 3), (1, 2, 2, 2))):
         planes = width * 2 ** stage
@@ -217,7 +217,7 @@ def _resnet34_param_shapes(width: int = 32, feat_dim: int = 80, embed_dim: int =
 def test_state_dtypes_and_bytes_of_resnet34():
     """Measured: 8-bit / 32-bit state bytes = 0.2552 for both SGD momentum and Adam on ResNet34."""
     shapes = _resnet34_param_shapes()
-    assert sum(math.prod(s) for s in shapes) == 6_634_336  # DESIGN.md's ResNet34 count
+    assert sum(math.prod(s) for s in shapes) == 6_634_336  # docs/design.md's ResNet34 count
     params = {f"{i:03d}": jnp.zeros(s) for i, s in enumerate(shapes)}
     for tx8, tx32 in [(quantized.sgd_8bit(0.1, 0.9, True), optax.sgd(0.1, 0.9, True)),
                       (quantized.adam_8bit(1e-3), optax.adam(1e-3))]:

@@ -1,6 +1,7 @@
 """Profiling inside a training run: FLOPs, memory, energy windows (a fake sensor), carbon, traces, a sensor failing
 mid-run, and the 'unavailable' path when a machine has no sensor."""
 
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -46,18 +47,11 @@ def _monitor_with(sensor_factory, monitor_class=None):
     return create
 
 
-@pytest.fixture(scope="module")
-def corpus_root(tmp_path_factory):
-    from data_pipeline import synthetic
-    root = tmp_path_factory.mktemp("corpus") / "synthetic"
-    synthetic.generate_corpus(root, data_sources.synthetic_spec(tiny.get_config().data), num_workers=1)
-    return root
-
-
 def test_run_with_a_sensor_reports_flops_energy_carbon_and_traces(corpus_root, tmp_path, monkeypatch):
     monkeypatch.setattr(energy, "EnergyMonitor", _monitor_with(lambda clock: energy.FakeSensor({"gpu0": POWER_W}, clock)))
     config = tiny.get_config()
     config.data.synthetic.root = str(corpus_root)
+    config.profile.enabled = True
     config.profile.update(skip_steps=2, window_steps=3, idle_seconds=0.2, trace_steps=(6, 7))
     workdir = tmp_path / "run"
 
@@ -103,6 +97,7 @@ def test_sensor_failing_mid_run_marks_its_window_incomplete_and_training_goes_on
     monkeypatch.setattr(run_profiler.RunProfiler, "step", step)
     config = tiny.get_config()
     config.data.synthetic.root = str(corpus_root)
+    config.profile.enabled = True
     config.profile.update(skip_steps=2, window_steps=3, idle_seconds=0.0)
     workdir = tmp_path / "run"
 
@@ -160,6 +155,20 @@ def test_without_sensors_windows_time_steps_and_energy_says_why(tmp_path):
     assert "perf/tflops" in writer.scalars and "energy/j_per_step" not in writer.scalars
 
 
+def test_mfu_divides_by_the_peak_of_every_device_in_the_mesh(tmp_path):
+    """4 devices at a 1-TFLOP/s peak each: MFU is the mesh's TFLOP/s over 4 (it used to be over 1: 4x too high)."""
+    config = tiny.get_config()
+    config.profile.update(skip_steps=1, window_steps=5)
+    cost = dataclasses.replace(_cost(), peak_tflops=1.0, num_devices=4)
+    with run_profiler.RunProfiler(config.profile, tmp_path, cost, writer=_Writer(),
+                                  monitor=energy.EnergyMonitor([], poll_interval_s=0.1)) as profiler:
+        for step in range(1, 12):
+            profiler.step(step, None)
+    train = profiler.summary(11)["profile"]["train"]
+    assert train["tflops"] > 0 and train["mfu"] == pytest.approx(train["tflops"] / 4)
+    assert all(w.mfu == pytest.approx(w.tflops / 4) for w in profiler.windows)
+
+
 def test_disabled_profiling_is_a_null_profiler_that_adds_nothing(tmp_path):
     config = tiny.get_config()
     config.profile.enabled = False
@@ -200,6 +209,7 @@ def test_the_profiler_is_closed_when_the_training_loop_raises(corpus_root, tmp_p
     monkeypatch.setattr(data_sources, "train_batches", failing_batches)
     config = tiny.get_config()
     config.data.synthetic.root = str(corpus_root)
+    config.profile.enabled = True
     config.profile.update(skip_steps=1, window_steps=1, idle_seconds=0.0, trace_steps=(3, 4))
     with pytest.raises(OSError, match="disk went away"):
         train.train_and_evaluate(config, str(tmp_path / "run"))

@@ -20,15 +20,6 @@ from sv_jax import data_sources
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def corpus_root(tmp_path_factory):
-    """The tiny corpus, generated once for this module (configs point at it)."""
-    from data_pipeline import synthetic
-    root = tmp_path_factory.mktemp("corpus") / "synthetic"
-    synthetic.generate_corpus(root, data_sources.synthetic_spec(tiny.get_config().data), num_workers=1)
-    return root
-
-
 def _config(corpus_root, **train_overrides):
     config = tiny.get_config()
     config.data.synthetic.root = str(corpus_root)

@@ -14,8 +14,8 @@ every pair's figure and the unmonitored blocks' own spread (the machine's run-to
 hides the difference (a shared CPU VM), `monitor_host_percent` bounds the cost directly: the time the hook itself
 spends on the host (its window-edge waits for the device, which overlap queued work, excluded) per step time.
 
-TFLOP/s use the checked FLOP count of the compiled step (sv_jax.programs); MFU divides by the device's datasheet
-peak (profiling.peaks) for the compute dtype. Energy per step comes from the monitor's windows (NVML / RAPL); without a
+TFLOP/s use the checked FLOP count of the compiled step (sv_jax.programs), the whole mesh's; MFU divides them by the
+datasheet peak (profiling.peaks) of every device in the mesh, for the compute dtype. Energy per step comes from the monitor's windows (NVML / RAPL); without a
 sensor it is reported as unavailable, with the reason.
 """
 
@@ -102,7 +102,7 @@ def main(argv) -> None:
     cost = run_profiler.RunCost(global_batch=batch_size, train_step=programs.train_step_cost,
                                 forward=programs.forward_cost, forward_batch=batch_size,
                                 forward_flops_per_utt_analytic=2.0 * programs.forward_macs_per_utt, memory=None,
-                                peak_tflops=peak, peak_source=peak_source)
+                                peak_tflops=peak, peak_source=peak_source, num_devices=len(devices))
 
     def train_steps(carry):
         return step_fn(carry[0], batch)
@@ -168,9 +168,9 @@ def main(argv) -> None:
         noise_percent=float(100.0 * np.std(off) / np.mean(off)),
         monitor_host_percent=float(100.0 * np.mean(hook_host)),
         train_step_utt_per_s=batch_size / step_s, train_step_tflops=tflops(train_flops, step_s),
-        train_step_mfu=tflops(train_flops, step_s) / peak if peak and train_flops else None,
+        train_step_mfu=cost.mfu(tflops(train_flops, step_s)) if train_flops else None,
         forward_utt_per_s=batch_size / infer_s, forward_tflops=tflops(infer_flops, infer_s),
-        forward_mfu=tflops(infer_flops, infer_s) / peak if peak and infer_flops else None,
+        forward_mfu=cost.mfu(tflops(infer_flops, infer_s)) if infer_flops else None,
         peak_tflops=peak, peak_source=peak_source, flops_source=programs.train_step_cost.source,
         train_step_j=train_j / train_steps_measured if measured else None,
         train_step_j_per_utt=train_j / train_steps_measured / batch_size if measured else None,

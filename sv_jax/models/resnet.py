@@ -123,7 +123,7 @@ class ResNet(nn.Module):
       embed_dim: embedding size (256).
       dtype: computation dtype; parameters and BN statistics stay float32, pooling and the embedding are float32.
       reversible: 'none', 'partial' or 'full' (sv_jax/models/reversible.py); reversible stages compute in float32.
-      unroll_scans: unroll the reversible stages' scans over blocks: for counting FLOPs only (profiling.flops;
+      unroll_scans: unroll the reversible stages' scans over blocks: for counting FLOPs only (sv_jax.programs;
         XLA's cost analysis counts a scan body once), not for training.
     """
 

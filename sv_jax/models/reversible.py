@@ -30,14 +30,14 @@ conv3x3-BN-ReLU-conv3x3-BN-ReLU; bottleneck: conv1x1-BN-ReLU-conv3x3-BN-ReLU-con
   a coupling costs, relative to the block it replaces, 1/2/4/8x in stages 1-4 for basic (F and G touch the
   stream with 3x3 convs) and 1.18/1.29/1.53/2.0x for bottleneck (with 1x1 convs).
 
-Parameters and forward MACs per 200-frame utterance (feat 80, emb 256; full-kernel convention as DESIGN.md):
+Parameters and forward MACs per 200-frame utterance (feat 80, emb 256; full-kernel convention as docs/design.md):
 
     ResNet34   none 6.63 M, 4.53 G    partial 4.59 M, 2.76 G    full 37.90 M, 17.54 G
     ResNet293  none 28.63 M, 27.63 G  partial 18.00 M, 14.68 G  full 43.47 M, 39.95 G
 
 A training step recomputes each coupling's forward once more in the backward pass (about +1/3 of its FLOPs).
-XLA's cost analysis counts a lax.scan body once, so it undercounts these models; profiling.flops' analytic count
-knows the couplings.
+XLA's cost analysis counts a lax.scan body once, so it undercounts these models: sv_jax.programs counts them on a copy
+with the scans unrolled, and the analytic count (sv_jax.models.macs) multiplies each scan body by its length.
 
 Each stage's couplings are one `jax.custom_vjp` (`reversible_stage`), with parameters stacked over blocks and a
 lax.scan over them. The forward keeps only the stage output (a float32 pair, see Numerics) and the parameters; the
