@@ -68,7 +68,7 @@ class RunCost:
     train_step: xla_cost.ProgramCost
     forward: xla_cost.ProgramCost
     forward_batch: int
-    forward_flops_per_utt_analytic: float
+    forward_flops_per_utt_analytic: float  # 2 x the analytic MACs (an int, as it was written before)
     memory: costs.StepMemory | None
     peak_tflops: float | None  # one device's
     peak_source: str
@@ -96,7 +96,7 @@ class RunCost:
         peak, peak_source = peaks.peak_tflops(kind, config.model.dtype, config.profile.peak_tflops)
         return cls(global_batch=programs.lowered.batch_size, train_step=programs.train_step_cost,
                    forward=programs.forward_cost, forward_batch=programs.lowered.forward_batch_size,
-                   forward_flops_per_utt_analytic=2.0 * programs.forward_macs_per_utt,
+                   forward_flops_per_utt_analytic=2 * programs.forward_macs_per_utt,
                    memory=costs.step_memory(programs.train_step, programs.state,
                                             batch_size=programs.lowered.batch_size),
                    peak_tflops=peak, peak_source=peak_source, num_devices=programs.mesh.size)

@@ -101,7 +101,7 @@ def main(argv) -> None:
     peak, peak_source = peaks.peak_tflops(device_kind, dtype, config.profile.peak_tflops)
     cost = run_profiler.RunCost(global_batch=batch_size, train_step=programs.train_step_cost,
                                 forward=programs.forward_cost, forward_batch=batch_size,
-                                forward_flops_per_utt_analytic=2.0 * programs.forward_macs_per_utt, memory=None,
+                                forward_flops_per_utt_analytic=2 * programs.forward_macs_per_utt, memory=None,
                                 peak_tflops=peak, peak_source=peak_source, num_devices=len(devices))
 
     def train_steps(carry):
