@@ -68,7 +68,7 @@ class RunCost:
     train_step: xla_cost.ProgramCost
     forward: xla_cost.ProgramCost
     forward_batch: int
-    forward_flops_per_utt_analytic: float  # 2 x the analytic MACs (an int, as it was written before)
+    forward_flops_per_utt_analytic: float  # 2 x the analytic MACs of one utterance (sv_jax.models.macs)
     memory: costs.StepMemory | None
     peak_tflops: float | None  # one device's
     peak_source: str
