@@ -171,6 +171,9 @@ class RunProfiler(NullProfiler):
         self.config, self.cost, self.writer = profile_config, cost, writer
         self.start_step = start_step
         self.carbon = carbon_lib.from_profile_config(profile_config)
+        # A monitor passed in belongs to the caller (the benchmark lends one to many profilers): only one made here
+        # is closed here.
+        self._owns_monitor = monitor is None
         self.monitor = monitor if monitor is not None else energy_lib.EnergyMonitor(
             poll_interval_s=profile_config.poll_interval_s)
         self.trace_dir = pathlib.Path(workdir) / "trace"
@@ -200,11 +203,11 @@ class RunProfiler(NullProfiler):
         try:
             if exc_type is None:
                 self._finish_training()
-            elif self._tracing:
-                jax.profiler.stop_trace()
-                self._tracing = False
+            else:
+                self._stop_trace(None)
         finally:
-            self.monitor.close()
+            if self._owns_monitor:
+                self.monitor.close()
 
     def _write_start(self) -> None:
         """FLOP counts as TensorBoard scalars; the carbon intensity used and, without sensors, why there will be no
@@ -235,9 +238,7 @@ class RunProfiler(NullProfiler):
         if self._tracing:
             if step + 1 in self._trace_steps:
                 return
-            jax.block_until_ready(outputs)
-            jax.profiler.stop_trace()
-            self._tracing = False
+            self._stop_trace(outputs)
             self._edge(step, outputs)
         elif previous is not None:
             self._edge(*previous)
@@ -251,6 +252,13 @@ class RunProfiler(NullProfiler):
         options.python_tracer_level = int(self.config.trace_python)
         jax.profiler.start_trace(str(self.trace_dir), profiler_options=options)
         self._tracing = True
+
+    def _stop_trace(self, outputs: Any) -> None:
+        """Stops a running trace once `outputs` (the last traced step's; None after an error) are computed."""
+        if self._tracing:
+            jax.block_until_ready(outputs)
+            jax.profiler.stop_trace()
+            self._tracing = False
 
     def _edge(self, done_step: int, done_outputs: Any) -> None:
         if self._window_start is not None and done_step - self._window_start >= self.config.window_steps:
@@ -276,10 +284,7 @@ class RunProfiler(NullProfiler):
         if self._previous is None:
             return
         step, outputs = self._previous
-        if self._tracing:
-            jax.block_until_ready(outputs)
-            jax.profiler.stop_trace()
-            self._tracing = False
+        self._stop_trace(outputs)
         self._close_window(step, outputs)
 
     def _close_window(self, step: int, outputs: Any) -> None:

@@ -32,7 +32,6 @@ from ml_collections import config_flags
 
 import cli
 from profiling import energy as energy_lib
-from profiling import peaks
 from sv_jax import costs
 from sv_jax import programs as programs_lib
 from sv_jax import run_profiler
@@ -98,11 +97,8 @@ def main(argv) -> None:
     step_fn, embed_fn = programs.train_step, programs.forward
     train_flops, infer_flops = programs.train_step_cost.flops, programs.forward_cost.flops
     device_kind = devices[0].device_kind
-    peak, peak_source = peaks.peak_tflops(device_kind, dtype, config.profile.peak_tflops)
-    cost = run_profiler.RunCost(global_batch=batch_size, train_step=programs.train_step_cost,
-                                forward=programs.forward_cost, forward_batch=batch_size,
-                                forward_flops_per_utt_analytic=2 * programs.forward_macs_per_utt, memory=None,
-                                peak_tflops=peak, peak_source=peak_source, num_devices=len(devices))
+    cost = run_profiler.RunCost.of(config, programs)  # what the trainer's profiler starts from, the peak included
+    peak, peak_source = cost.peak_tflops, cost.peak_source
 
     def train_steps(carry):
         return step_fn(carry[0], batch)
@@ -121,7 +117,7 @@ def main(argv) -> None:
     def monitored_block(carry):
         # The trainer's own profiler, stepped exactly as train.py steps it.
         profiler = run_profiler.RunProfiler(profile_config, "/nonexistent", cost, writer=_NoWriter(),
-                                            write_files=False, monitor=_Borrowed(monitor))
+                                            write_files=False, monitor=monitor)
         start, in_hook = time.perf_counter(), 0.0
         with profiler:
             for step in range(1, f.steps + 1):
@@ -182,19 +178,6 @@ def main(argv) -> None:
         return
     for key, value in dataclasses.asdict(result).items():
         print(f"{key:<28} {value:.4g}" if isinstance(value, float) else f"{key:<28} {value}")
-
-
-class _Borrowed:
-    """The benchmark's one monitor lent to each block's profiler: the profiler must not close it."""
-
-    def __init__(self, monitor: energy_lib.EnergyMonitor):
-        self._monitor = monitor
-
-    def __getattr__(self, name):
-        return getattr(self._monitor, name)
-
-    def close(self) -> None:
-        pass
 
 
 def _define_flags() -> None:
