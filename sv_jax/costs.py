@@ -1,7 +1,7 @@
 """What the trainer's programs cost: FLOPs and bytes per utterance, and the train step's memory, as typed reports.
 
     report = flops_report(config)          # FlopsReport: XLA's checked counts next to the analytic ones
-    memory = step_memory(programs, state)  # StepMemory of a compiled train step
+    memory = step_memory(programs.train_step, programs.state)  # StepMemory of a compiled train step
 
 The counts come from sv_jax.programs (XLA's cost analysis, checked against the models' own MAC count); the
 memory from XLA's buffer assignment (profiling.xla_memory), with the state split into parameters, BN statistics
