@@ -29,6 +29,11 @@ from profiling.sensors import (  # noqa: F401  (some re-exported: one import for
 
 NOISY_WINDOW_S = 2.0  # docs/design.md: shorter windows are noisy and biased low.
 GAP_FACTOR = 3.0  # A sampling interval this many poll periods long means the thread starved: the window is suspect.
+# Counters that refresh at least this coarsely (NVML's every ~100 ms) are read tick-aligned at window edges.
+ALIGN_MIN_PERIOD_S = 0.01
+ALIGN_POLL_S = 0.001  # how often an edge re-reads such a counter while it waits for the next tick
+ALIGN_SPAN = 1.5  # ... for at most this many update periods
+STUCK_MIN_S = 0.5  # a counter that must move (NVML, RAPL) and stays still this long (and 2 periods) is stuck
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +125,7 @@ class _Edge:
     samples: dict[str, int]
     failures: dict[str, int]
     gaps: dict[str, int]
+    warnings: dict[str, str] = dataclasses.field(default_factory=dict)  # domain -> sensor's edge warning
 
 
 class EnergyMonitor:
@@ -133,10 +139,16 @@ class EnergyMonitor:
         sync: default synchronisation at window edges: a callable, or arrays/pytrees for `jax.block_until_ready`.
         background: sample power sensors (and refresh wrapping counters) from a daemon thread; with False nothing
             runs on its own and tests drive sampling with `poll_once()`.
+        align_counters: read coarse counters (NVML's ~100-ms total energy) tick-aligned at window edges: re-read
+            until the counter moves (at most 1.5 periods of host time; the device keeps working) and interpolate
+            linearly within the tick, so that the edge's energy is that at the edge's own time, not up to a period
+            earlier (a 1-s window would be off by up to 10%). Default: on with the real clock, off with an injected one (which does not move by itself).
+        sleep: how the aligned reads wait (tests pass `FakeClock.advance`).
     """
 
     def __init__(self, sensors: list[Sensor] | None = None, *, poll_interval_s: float = 0.1,
-                 clock: Callable[[], float] = time.monotonic, sync: Any = None, background: bool = True) -> None:
+                 clock: Callable[[], float] = time.monotonic, sync: Any = None, background: bool = True,
+                 align_counters: bool | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         if sensors is None:
             sensors = [NvmlSensor(), RaplSensor()]
         self.sensors = [s for s in sensors if s.available]
@@ -153,6 +165,10 @@ class EnergyMonitor:
         self._device = {d: s.device for s in self.sensors for d in (*s.counter_domains, *s.power_domains)}
         self._periods = {d: p for s in self.sensors for d, p in s.update_periods_s.items()}
         self._counter_domains = {d for s in self.sensors for d in s.counter_domains}
+        self._must_move = {d for s in self.sensors if s.counters_always_move for d in s.counter_domains}
+        self._align = clock is time.monotonic if align_counters is None else align_counters
+        self._sleep = sleep
+        self.idle_w_std: dict[str, float] = {}
         self.idle_measurement: EnergyMeasurement | None = None
         self._windows: dict[str, _Edge] = {}
         self._lock = threading.Lock()  # Sensor reads and integrator state are shared with the polling thread.
@@ -204,16 +220,36 @@ class EnergyMonitor:
             raise
         handle.measurement = self.end_window(name, sync)
 
-    def measure_idle(self, seconds: float, *, sleep: Callable[[float], None] = time.sleep) -> dict[str, float]:
-        """Records idle power per domain (W) over `seconds` of doing nothing, for `EnergyMeasurement.dynamic_j`.
+    def measure_idle(self, seconds: float, *, settle_s: float = 0.0, parts: int = 1,
+                     sleep: Callable[[float], None] = time.sleep) -> dict[str, float]:
+        """Records idle power per domain (W) for `EnergyMeasurement.dynamic_j`: `settle_s` of waiting (a process that
+        just started, or a device that just worked, is not yet at idle), then `seconds` of doing nothing in `parts`
+        equal windows, whose spread (sample standard deviation of their W) lands in `idle_w_std`.
 
         Call it before compiling or running anything; it returns and stores the baseline in `idle_w`.
         """
-        self.begin_window("__idle__")
-        sleep(seconds)
-        m = self.end_window("__idle__")
-        self.idle_w = {d: j / m.seconds for d, j in {**m.gpu_j, **m.cpu_j}.items()} if m.seconds > 0 else {}
-        self.idle_measurement = m
+        sleep(settle_s)
+        parts = max(1, int(parts))
+        measured = []
+        for _ in range(parts):
+            self.begin_window("__idle__")
+            sleep(seconds / parts)
+            measured.append(self.end_window("__idle__"))
+        total_s = sum(m.seconds for m in measured)
+        domains = set.intersection(*(set(m.gpu_j) | set(m.cpu_j) for m in measured))
+        self.idle_w = ({d: sum({**m.gpu_j, **m.cpu_j}[d] for m in measured) / total_s for d in sorted(domains)}
+                       if total_s > 0 else {})
+        self.idle_w_std = {}
+        if parts > 1 and all(m.seconds > 0 for m in measured):
+            for d in self.idle_w:
+                w = [{**m.gpu_j, **m.cpu_j}[d] / m.seconds for m in measured]
+                mean = sum(w) / len(w)
+                self.idle_w_std[d] = math.sqrt(sum((x - mean) ** 2 for x in w) / (len(w) - 1))
+        self.idle_measurement = dataclasses.replace(
+            measured[-1], seconds=total_s, warnings=tuple(w for m in measured for w in m.warnings),
+            complete=all(m.complete for m in measured),
+            gpu_j={d: sum(m.gpu_j[d] for m in measured) for d in measured[-1].gpu_j if d in domains},
+            cpu_j={d: sum(m.cpu_j[d] for m in measured) for d in measured[-1].cpu_j if d in domains})
         return dict(self.idle_w)
 
     def poll_once(self) -> None:
@@ -284,12 +320,43 @@ class EnergyMonitor:
         with self._lock:
             now = self._clock()
             self._sample_power(now)
-            counter_j = {d: j for s in self.sensors if s.counter_domains for d, j in self._read_counters(s).items()}
-            for s in self.sensors:  # An edge read is as good as a refresh.
-                if id(s) in self._refresh_due:
+            counter_j = {d: j for s in self.sensors if s.counter_domains
+                         for d, j in self._read_counters_at(s, now).items()}
+            warnings = {}
+            for s in self.sensors:
+                if id(s) in self._refresh_due:  # An edge read is as good as a refresh.
                     self._refresh_due[id(s)] = now + s.refresh_interval_s
+                try:
+                    warnings.update(s.edge_warnings())
+                except Exception as e:  # pylint: disable=broad-except  # a check must not stop training
+                    warnings[s.name] = f"{s.name}: edge check failed: {e}"
             return _Edge(now, counter_j, {d: j for d, j in self._power_j.items() if d in self._last},
-                         dict(self._samples), dict(self._failures), dict(self._gaps))
+                         dict(self._samples), dict(self._failures), dict(self._gaps), warnings)
+
+    def _read_counters_at(self, sensor: Sensor, t: float) -> dict[str, float]:
+        """Counter readings as of time `t`: read, and for coarse counters (with `align_counters`) re-read until each
+        moves, then interpolate within the tick that straddles `t` (the tick before the move began one period
+        earlier). Domains that do not move in time (idle, stuck) keep the plain reading."""
+        first = self._read_counters(sensor)
+        coarse = {d for d in first if self._periods.get(d, 0.0) >= ALIGN_MIN_PERIOD_S} if self._align else set()
+        if not coarse:
+            return first
+        deadline = t + ALIGN_SPAN * max(self._periods[d] for d in coarse)
+        moved: dict[str, tuple[float, float]] = {}
+        for _ in range(int(ALIGN_SPAN * max(self._periods[d] for d in coarse) / ALIGN_POLL_S) + 1):
+            self._sleep(ALIGN_POLL_S)
+            now, again = self._clock(), self._read_counters(sensor)
+            for d in coarse - moved.keys():
+                if d in again and again[d] != first[d]:
+                    moved[d] = (now, again[d])
+            if len(moved) == len(coarse) or not again or now >= deadline:
+                break
+        out = dict(first)
+        for d, (t_move, value) in moved.items():
+            period = self._periods[d]
+            fraction = min(max((t - (t_move - period)) / period, 0.0), 1.0)
+            out[d] = first[d] + fraction * (value - first[d])
+        return out
 
     def _measure(self, name: str, start: _Edge, end: _Edge) -> EnergyMeasurement:
         seconds, energy, warnings, samples = end.t - start.t, {}, [], 0
@@ -306,6 +373,13 @@ class EnergyMonitor:
                 warnings.append(f"{d}: {end.failures[d] - start.failures[d]} failed reads in the window")
             if end.gaps.get(d, 0) > start.gaps.get(d, 0):
                 warnings.append(f"{d}: polling gaps longer than {GAP_FACTOR:g}x {self.poll_interval_s:g} s")
+            if (d in self._must_move and energy.get(d) == 0.0
+                    and seconds >= max(STUCK_MIN_S, 2 * self._periods.get(d, 0.0))):
+                del energy[d]
+                warnings.append(f"{d}: its energy counter did not move in {seconds:.2f} s (stuck: the hardware draws "
+                                "power even idle): no figure")
+        for d in sorted({**start.warnings, **end.warnings}):
+            warnings.append({**start.warnings, **end.warnings}[d])
         complete = not warnings
         if energy:
             period, slowest = max((self._periods.get(d, 0.0), d) for d in energy)
