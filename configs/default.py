@@ -103,14 +103,25 @@ def get_config():
     ev.batch_frames = 32000  # frames per evaluation batch (rows = batch_frames // padded length, at least 1)
     ev.subtract_mean = True  # subtract the mean training embedding before cosine scoring
     ev.as_norm = False  # also report adaptive s-norm scores ('<trials>_asnorm')
-    ev.as_norm_top_k = 300
-    ev.num_train_utts = 2000  # training utterances embedded for the mean and the AS-norm cohort
+    ev.as_norm_top_k = 300  # WeSpeaker's VoxCeleb recipe; clamped (with a warning) to the cohort's speakers
+    # The mean (subtract_mean) and the AS-norm cohort, one mean embedding per training speaker as in WeSpeaker, come
+    # from this many seeded utterances of every training speaker (0 = all of them, WeSpeaker's exact recipe: all
+    # 1,092,009 of VoxCeleb2 dev; 5 embeds 29,970). num_train_utts caps the total (0 = no cap); a cap below the
+    # speaker count leaves speakers out of the cohort, and results label it '<trials>_asnorm'.cohort.
+    ev.cohort_utts_per_speaker = 5
+    ev.num_train_utts = 0
 
     config.profile = profile = ml_collections.ConfigDict()  # what a run costs (profiling/; README "Cost")
     profile.enabled = True  # FLOPs and memory of the compiled step, energy windows, carbon, in summary.json
     profile.skip_steps = 5  # steps after each (re)start kept out of energy windows: compilation and warm-up
     profile.window_steps = 100  # training steps per energy window (aim for >= 5 s per window)
-    profile.idle_seconds = 5.0  # idle power measured before training, to separate dynamic from static energy
+    profile.idle_seconds = 5.0  # idle power measured before compiling, to separate dynamic from static energy
+    profile.idle_settle_s = 5.0  # waited before the idle baseline (a process that just started is not yet idle)
+    profile.idle_parts = 5  # the baseline in this many equal parts: their spread is reported (idle_w_std)
+    # GPUs metered through NVML: 'jax' (the boards behind this process's JAX devices) | 'visible'
+    # (CUDA_VISIBLE_DEVICES) | 'all' (every board on the host) | NVML indices, e.g. '0,1'. Host-wide choices
+    # ('visible', 'all', indices) and RAPL are metered by one process per host (sv_jax/job_meter.py).
+    profile.nvml_gpus = "jax"
     profile.poll_interval_s = 0.1  # power-sampling period where a sensor has no energy counter
     profile.trace_steps = ()  # steps traced with jax.profiler into <workdir>/trace, e.g. (20, 21, 22)
     # Python calls in traces too. Off: JAX's Python tracer hooks every thread, and stopping it while orbax's

@@ -343,12 +343,15 @@ class EnergyMonitor:
             return first
         deadline = t + ALIGN_SPAN * max(self._periods[d] for d in coarse)
         moved: dict[str, tuple[float, float]] = {}
+        before = t  # the time of the last read that showed no move
         for _ in range(int(ALIGN_SPAN * max(self._periods[d] for d in coarse) / ALIGN_POLL_S) + 1):
             self._sleep(ALIGN_POLL_S)
-            now, again = self._clock(), self._read_counters(sensor)
+            again = self._read_counters(sensor)
+            now = self._clock()
             for d in coarse - moved.keys():
                 if d in again and again[d] != first[d]:
-                    moved[d] = (now, again[d])
+                    moved[d] = ((before + now) / 2, again[d])  # the tick fell between the two reads
+            before = now
             if len(moved) == len(coarse) or not again or now >= deadline:
                 break
         out = dict(first)

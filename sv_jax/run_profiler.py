@@ -49,6 +49,7 @@ from profiling import names
 from profiling import peaks
 from profiling import xla_cost
 from sv_jax import costs
+from sv_jax import job_meter
 from sv_jax import reporting
 
 log = logging.getLogger(__name__)
@@ -118,15 +119,17 @@ class WindowRecord:
     utterances: int | None = None  # utterances embedded (evaluation only)
     tflops: float | None = None  # achieved, from the checked FLOP count
     mfu: float | None = None  # tflops / the device's peak
-    energy_j: float | None = None
+    energy_j: float | None = None  # the whole job's: every process's share summed
     j_per_step: float | None = None
     j_per_utt: float | None = None
     gpu_w: float | None = None
     cpu_w: float | None = None
     dynamic_j: dict[str, float] | None = None  # energy above the idle baseline, per domain
+    hosts: dict[str, float] | None = None  # each host's share of energy_j (jobs of several processes)
     sources: dict[str, str] | None = None
     complete: bool | None = None
     energy: str | None = None
+    run_start_step: int | None = None  # the step this (re)start of the run resumed from
     warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,15 +170,20 @@ class RunProfiler(NullProfiler):
     """Energy windows over training steps and evaluation, traces, and the summary's `profile`, for one process."""
 
     def __init__(self, profile_config, workdir, cost: RunCost, *, writer, start_step: int = 0,
-                 write_files: bool = True, monitor: energy_lib.EnergyMonitor | None = None):
+                 write_files: bool = True, monitor: energy_lib.EnergyMonitor | None = None,
+                 job: job_meter.JobMeter | None = None):
         self.config, self.cost, self.writer = profile_config, cost, writer
         self.start_step = start_step
         self.carbon = carbon_lib.from_profile_config(profile_config)
-        # A monitor passed in belongs to the caller (the benchmark lends one to many profilers): only one made here
-        # is closed here.
+        # A job meter (sv_jax.job_meter.start, which took the idle baseline before compilation) is handed over and
+        # closed here; so is a monitor made here. A monitor passed in belongs to the caller (the benchmark lends
+        # one to many profilers).
         self._owns_monitor = monitor is None
-        self.monitor = monitor if monitor is not None else energy_lib.EnergyMonitor(
-            poll_interval_s=profile_config.poll_interval_s)
+        if job is None:
+            monitor = monitor if monitor is not None else energy_lib.EnergyMonitor(
+                poll_interval_s=profile_config.poll_interval_s)
+            job = job_meter.JobMeter(monitor, job_meter.Layout(0, (job_meter.host_name(),)))
+        self.job, self.monitor = job, job.monitor
         self.trace_dir = pathlib.Path(workdir) / "trace"
         self._jsonl = pathlib.Path(workdir) / "energy.jsonl" if write_files else None
         self._trace_steps = set(int(s) for s in profile_config.trace_steps)
@@ -185,15 +193,17 @@ class RunProfiler(NullProfiler):
         self._previous = None  # (step, outputs) of the step dispatched last
         self.windows: list[WindowRecord] = []
         self.eval_record: WindowRecord | None = None
-        self.idle_w: dict[str, float] = {}
+        self.idle_w: dict[str, float] = dict(self.monitor.idle_w)
         self.sync_seconds = 0.0  # time spent waiting for the device at window edges (the benchmark subtracts it)
 
     # -- start and end ------------------------------------------------------------------------------------------
 
     def __enter__(self) -> RunProfiler:
         self._write_start()
-        if self.config.idle_seconds > 0 and self.monitor.available:
-            self.idle_w = dict(self.monitor.measure_idle(self.config.idle_seconds))
+        if self.config.idle_seconds > 0 and self.monitor.available and not self.idle_w:  # no job meter took it
+            self.idle_w = dict(self.monitor.measure_idle(self.config.idle_seconds,
+                                                         settle_s=self.config.idle_settle_s,
+                                                         parts=self.config.idle_parts))
             log.info("idle power: %s", ", ".join(f"{k} {v:.1f} W" for k, v in self.idle_w.items()))
         if self.start_step + 1 in self._trace_steps:
             self._start_trace()
@@ -207,7 +217,7 @@ class RunProfiler(NullProfiler):
                 self._stop_trace(None)
         finally:
             if self._owns_monitor:
-                self.monitor.close()
+                self.job.close()
 
     def _write_start(self) -> None:
         """FLOP counts as TensorBoard scalars; the carbon intensity used and, without sensors, why there will be no
@@ -223,8 +233,8 @@ class RunProfiler(NullProfiler):
         if hasattr(self.writer, "write_texts"):
             grid = self.carbon
             texts = {"profile/carbon": f"{grid.intensity_source}, PUE {grid.pue:g}: an estimate on measured energy"
-                                       + ("" if self.monitor.available else " (none measured here)")}
-            if not self.monitor.available:
+                                       + ("" if self.job.available else " (none measured here)")}
+            if not self.job.available:
                 texts["profile/energy"] = f"unavailable: {self.monitor.unavailable_reason()}"
             self.writer.write_texts(self.start_step, texts)
 
@@ -309,28 +319,27 @@ class RunProfiler(NullProfiler):
             self.writer.write_scalars(step, scalars)
 
     def _record(self, measurement: energy_lib.EnergyMeasurement, num_utterances: int, **where: Any) -> WindowRecord:
+        """The job's record of a window: this process's share gathered with every other's (a collective with
+        several processes: every process closes the same windows) and summed before any per-utterance division."""
         seconds, steps = measurement.seconds, where.get("steps")
         utterances = num_utterances
-        fields: dict[str, Any] = {"seconds": seconds, "utt_per_s": utterances / seconds if seconds > 0 else None}
+        fields: dict[str, Any] = {"seconds": seconds, "utt_per_s": utterances / seconds if seconds > 0 else None,
+                                  "run_start_step": self.start_step}
         if steps and seconds > 0 and self.cost.train_step.flops:
             fields["tflops"] = self.cost.train_step.flops * steps / seconds / 1e12
             fields["mfu"] = self.cost.mfu(fields["tflops"])
-        missing = [d for d in self.monitor.sources if d not in measurement.sources]
-        if measurement.available and not missing:
-            energy_j = measurement.total_j
-            fields.update(energy_j=energy_j, j_per_step=energy_j / steps if steps else None,
-                          j_per_utt=energy_j / utterances if utterances else None,
-                          gpu_w=measurement.gpu_total_j / seconds if measurement.gpu_j and seconds > 0 else None,
-                          cpu_w=measurement.cpu_total_j / seconds if measurement.cpu_j and seconds > 0 else None,
-                          sources=dict(measurement.sources), complete=measurement.complete)
-            if self.idle_w:
-                fields["dynamic_j"] = measurement.dynamic_j(self.idle_w)
-        elif self.monitor.available:  # a sensor failed at an edge: no total rather than a partial one
-            fields.update(energy=f"missing: no figure for {', '.join(missing)} (sensor read failed)",
-                          complete=False)
+        job = self.job.combine(self.job.gather(self.job.share(measurement, self.idle_w)))
+        if job.energy_j is not None:
+            fields.update(energy_j=job.energy_j, j_per_step=job.energy_j / steps if steps else None,
+                          j_per_utt=job.energy_j / utterances if utterances else None,
+                          gpu_w=job.gpu_j / seconds if job.gpu_j is not None and seconds > 0 else None,
+                          cpu_w=job.cpu_j / seconds if job.cpu_j is not None and seconds > 0 else None,
+                          sources=job.sources, complete=job.complete, dynamic_j=job.dynamic_j, hosts=job.host_j)
+        elif job.measured:  # a sensor failed at an edge, or a counter is stuck: no total rather than a partial one
+            fields.update(energy=f"missing: no figure for {', '.join(job.missing)} (see warnings)", complete=False)
         else:
             fields["energy"] = f"unavailable: {self.monitor.unavailable_reason()}"
-        return WindowRecord(**fields, **where, warnings=tuple(measurement.warnings))
+        return WindowRecord(**fields, **where, warnings=job.warnings)
 
     # -- evaluation ---------------------------------------------------------------------------------------------
 
@@ -338,15 +347,21 @@ class RunProfiler(NullProfiler):
     def evaluation(self, num_utterances: int) -> Iterator[None]:
         """Ends training (trace, open window), then measures an evaluation of `num_utterances` utterances as one
         window; on an error inside the block the window is dropped."""
-        self._finish_training()
-        with self.monitor.window(EVAL_WINDOW, sync=lambda: None) as window:
-            yield
+        self._finish_training()  # blocks on the last step: the device is idle when the window opens
+        count, edges = self.job.layout.process_count, iter(("start", "end"))
+
+        def sync() -> None:  # every process's window spans the same time
+            job_meter.barrier(f"sv_jax.run_profiler.eval_{next(edges)}", count)
+
+        with self.monitor.window(EVAL_WINDOW, sync=sync) as window:
+            yield  # the evaluation returns host values: its device work is done when the block ends
         self.eval_record = self._record(window.measurement, num_utterances, utterances=num_utterances)
 
     # -- summary ------------------------------------------------------------------------------------------------
 
     def summary(self, total_steps_run: int) -> dict[str, Any]:
-        """{'profile': ...}: the counts, and the energy of the measured windows summed."""
+        """{'profile': ...}: the counts, the energy of this (re)start's measured windows summed, and the run's over
+        every (re)start (`train.run`, from energy.jsonl)."""
         measured = [w for w in self.windows if w.energy_j is not None]
         seconds = sum(w.seconds for w in self.windows)
         train: dict[str, Any] = {"windows": len(self.windows), "steps_measured": sum(w.steps for w in self.windows),
@@ -365,19 +380,45 @@ class RunProfiler(NullProfiler):
                          steps_with_energy=steps,
                          # An estimate, and labelled so: measured J per step times every step the run took.
                          energy_j_all_steps_estimate=energy_j / steps * total_steps_run)
+            if measured[-1].hosts is not None:
+                hosts: dict[str, float] = {}
+                for w in measured:
+                    for host, j in (w.hosts or {}).items():
+                        hosts[host] = hosts.get(host, 0.0) + j
+                train["hosts"] = hosts
         else:
             train["energy"] = f"unavailable: {self.monitor.unavailable_reason()}"
             train["carbon"] = "unavailable: no measured energy"
+        run = self._run_totals()
+        if run is not None:
+            train["run"] = run
         profile = {**self.cost.profile_fields(), "train": train,
                    "eval": self.eval_record.to_dict() if self.eval_record else None, "idle_w": self.idle_w or None,
-                   "carbon_intensity": self.carbon.describe(), "sensors_unavailable": dict(self.monitor.unavailable)}
+                   "idle_w_std": dict(self.monitor.idle_w_std) or None,
+                   "carbon_intensity": self.carbon.describe(), "sensors_unavailable": dict(self.monitor.unavailable),
+                   "meters": self.job.meters}
         if self._trace_steps:
             profile["trace_dir"] = str(self.trace_dir)
         return {"profile": profile}
 
+    def _run_totals(self) -> dict[str, Any] | None:
+        """Measured training energy of every (re)start of the run in this workdir, from energy.jsonl: steps redone
+        after a restart are counted again (they were spent again); steps outside windows are not counted."""
+        if self._jsonl is None or not self._jsonl.exists():
+            return None
+        records = [r for r in reporting.read_jsonl(self._jsonl) if r.get("step_start") is not None]
+        measured = [r for r in records if r.get("energy_j") is not None]
+        if not measured:
+            return {"windows": len(records), "energy": "unavailable: no window of any (re)start has a figure"}
+        energy_j = sum(r["energy_j"] for r in measured)
+        return {"energy_j": energy_j, "kwh": energy_j / carbon_lib.J_PER_KWH,
+                "carbon": self.carbon.estimate(energy_j).to_dict(), "windows": len(records),
+                "windows_with_energy": len(measured), "steps_with_energy": sum(r["steps"] for r in measured),
+                "starts": len({r.get("run_start_step") for r in records})}
 
-def create(config, workdir, programs, *, writer, start_step: int = 0,
-           write_files: bool = True) -> RunProfiler | NullProfiler:
+
+def create(config, workdir, programs, *, writer, start_step: int = 0, write_files: bool = True,
+           job: job_meter.JobMeter | None = None) -> RunProfiler | NullProfiler:
     """The run's profiler: a RunProfiler over `programs` (sv_jax.programs.CompiledPrograms), or a NullProfiler
     with `profile.enabled` off. Only the first process should `write_files` (energy.jsonl)."""
     if not config.profile.enabled:
@@ -387,5 +428,5 @@ def create(config, workdir, programs, *, writer, start_step: int = 0,
              cost.train_step.per(cost.global_batch)[0] / 1e9, cost.forward.per(cost.forward_batch)[0] / 1e9,
              cost.forward_flops_per_utt_analytic / 1e9)
     return RunProfiler(config.profile, workdir, cost, writer=writer, start_step=start_step,
-                       write_files=write_files)
+                       write_files=write_files, job=job)
 

@@ -23,6 +23,7 @@ from cli import UserError
 from sv_jax import checkpoint as checkpoint_lib
 from sv_jax import data_sources
 from sv_jax import evaluation
+from sv_jax import job_meter
 from sv_jax import models
 from sv_jax import parallel
 from sv_jax import preemption
@@ -112,9 +113,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     steps_per_epoch = config.train.steps_per_epoch or max(len(data.train) // global_batch, 1)
     total_steps = config.train.num_epochs * steps_per_epoch
 
+    # The job's energy sensors, and their idle baseline, before anything is compiled or run.
+    mesh = parallel.create_mesh(devices)
+    job = job_meter.start(config.profile, devices=mesh.local_devices) if config.profile.enabled else None
+
     # Model, optimizer and sharding (state replicated, batch split along 'data'): the train step compiled ahead of
     # time, as sv_jax.programs compiles it for benchmarks and sweeps; its FLOPs and memory are part of the profile.
-    mesh = parallel.create_mesh(devices)
     programs = programs_lib.compile_programs(
         config, global_batch, data.num_classes, list(mesh.devices.flat), steps_per_epoch=steps_per_epoch,
         forward_batch_size=parallel.round_up(programs_lib.COUNTING_BATCH_SIZE, mesh.size))
@@ -161,7 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
 
     preempted_at = None
     with run_profiler.create(config, workdir, programs, writer=writer, start_step=start_step,
-                             write_files=process_index == 0) as profiler, \
+                             write_files=process_index == 0, job=job) as profiler, \
             preemption.PreemptionWatcher() as watcher:  # SIGTERM/SIGINT: checkpoint the step, stop
         try:
             for step in range(start_step + 1, total_steps + 1):
