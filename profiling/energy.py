@@ -33,7 +33,7 @@ GAP_FACTOR = 3.0  # A sampling interval this many poll periods long means the th
 ALIGN_MIN_PERIOD_S = 0.01
 ALIGN_POLL_S = 0.001  # how often an edge re-reads such a counter while it waits for the next tick
 ALIGN_SPAN = 1.5  # ... for at most this many update periods
-STUCK_MIN_S = 0.5  # a counter that must move (NVML, RAPL) and stays still this long (and 2 periods) is stuck
+STUCK_MIN_S = 0.25  # a counter that must move (NVML, RAPL) and stays still this long (and 2 periods) is stuck
 
 
 @dataclasses.dataclass(frozen=True)

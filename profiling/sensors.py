@@ -14,6 +14,7 @@ import re
 from typing import Any, Callable, Mapping, Sequence
 
 COUNTER, POWER = "counter", "power"
+RAPL_ROOT = "/sys/class/powercap"  # where RaplSensor looks by default (tests point it elsewhere)
 RAPL_PERMISSION_HINT = "root only since Linux 5.10 and its backports (CVE-2020-8694): chmod a+r it or run as root"
 
 
@@ -93,8 +94,9 @@ class RaplSensor(Sensor):
     counters_always_move = True  # A package draws power whenever the machine is on.
     refresh_interval_s = 10.0  # Ranges are ~2^32-2^38 uJ: at 10 s a wrap needs > 400 W on the smallest.
 
-    def __init__(self, root: str = "/sys/class/powercap", include: tuple[str, ...] = ("package", "dram")) -> None:
+    def __init__(self, root: str | None = None, include: tuple[str, ...] = ("package", "dram")) -> None:
         super().__init__()
+        root = RAPL_ROOT if root is None else root
         self._paths: dict[str, str] = {}
         self._counters: dict[str, _WrapCounter] = {}
         if not os.path.isdir(root):
