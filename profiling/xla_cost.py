@@ -1,7 +1,7 @@
-"""FLOPs and bytes of a compiled JAX program, read from XLA's cost analysis, and checked against a floor.
+"""FLOPs and bytes of a compiled JAX program, counted by XLA's cost analysis, and checked against a floor.
 
     cost = compiled_cost(jax.jit(f).lower(x).compile())         # ProgramCost: flops, bytes_accessed, ...
-    cost = checked_cost(lambda: compiled, minimum_flops=2 * macs, fallback=lambda: lowered_for_cpu)
+    cost = checked_cost(lambda: compiled, minimum_flops=2 * macs, counting=lambda: lowered)
 
 XLA's `cost_analysis()` is a count, not a measurement, and four things make it easy to misread:
 - For a program sharded over N devices it describes one device's partition (checked on 4 fake CPU devices with
@@ -12,9 +12,12 @@ XLA's `cost_analysis()` is a count, not a measurement, and four things make it e
   count leaves out.
 - It counts what the optimised program executes, after fusion: XLA's CPU loop fusion recomputes elementwise chains
   inside later fusions, and a GPU backend may report cuDNN convolutions as -1 (unusable). `checked_cost` treats a
-  count under 90% of an analytic floor as unusable and counts a fallback program instead, naming it in `source`.
+  count under 90% of an analytic floor as unusable and falls back to the FLOPs of the program as lowered, before
+  optimisation (`Lowered.cost_analysis()`: backend-independent, the whole global computation), with no byte count:
+  bytes of another backend's program say nothing of this one's memory traffic. Its `source` says which count it is
+  ('xla' or 'xla-unoptimized'); a study must not fit rows of both kinds together.
 - A `lax.scan` body is counted once, not once per iteration: programs with scans must be counted on a copy with the
-  scans unrolled (`checked_cost(..., always_fallback=True)`).
+  scans unrolled, compiled for the same devices (`checked_cost(..., always_fallback=reason)`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from typing import Any, Callable
 
 import jax
 
-SOURCE_XLA = "xla"
+SOURCE_XLA = "xla"  # the compiled program's own count, on the backend that runs it
+SOURCE_UNOPTIMIZED = "xla-unoptimized"  # the lowered program's count before optimisation; no bytes
 # A usable count is at least this fraction of the analytic floor (CPU forward counts: 100.8-113.6% of it, r18-r293).
 USABLE_FRACTION = 0.9
 
@@ -35,19 +39,22 @@ class ProgramCost:
 
     Attributes:
         flops: floating-point operations of one call, all devices (XLA counts a multiply-add as 2).
-        bytes_accessed: bytes read and written by the program's HLO ops, all devices.
-        num_devices: devices the per-device figures were multiplied by.
-        source: 'xla', or what was counted instead where the program's own count was unusable or incomplete.
+        bytes_accessed: bytes read and written by the program's HLO ops, all devices; None where the count is not
+            the running backend's (SOURCE_UNOPTIMIZED).
+        num_devices: devices the program runs on.
+        source: which kind of count: SOURCE_XLA or SOURCE_UNOPTIMIZED.
+        note: why the program itself was not what was counted, if it was not ('' when it was).
     """
 
     flops: float
-    bytes_accessed: float
+    bytes_accessed: float | None
     num_devices: int
     source: str = SOURCE_XLA
+    note: str = ""
 
-    def per(self, count: int) -> tuple[float, float]:
+    def per(self, count: int) -> tuple[float, float | None]:
         """(flops, bytes_accessed) per item of a call that processes `count` items (e.g. utterances of a batch)."""
-        return self.flops / count, self.bytes_accessed / count
+        return self.flops / count, None if self.bytes_accessed is None else self.bytes_accessed / count
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,20 +101,29 @@ def unoptimized_flops(lowered: jax.stages.Lowered) -> float:
 
 
 def checked_cost(compiled: Callable[[], jax.stages.Compiled], minimum_flops: float,
-                 fallback: Callable[[], jax.stages.Lowered], num_devices: int | None = None, *,
+                 counting: Callable[[], jax.stages.Lowered], num_devices: int | None = None, *,
                  always_fallback: str = "") -> ProgramCost:
     """`compiled_cost` of `compiled()`, validated against `minimum_flops` (an analytic floor for the whole program).
 
-    Under `USABLE_FRACTION` of the floor the count is unusable (cuDNN's -1, a missing cost model): the cost of
-    `fallback()` compiled (the same program lowered for one CPU device) is returned instead, labelled so in `source`.
-    With `always_fallback` (a reason, e.g. "scans unrolled for counting") `compiled()` is not counted at all: its
-    count is known to be incomplete. Both programs are callables, so that nothing is compiled that is not counted.
+    `counting()` is the same program lowered for the same devices (with its scans unrolled where the program has
+    scans). Under `USABLE_FRACTION` of the floor the count is unusable (cuDNN's -1, a missing cost model): the FLOPs
+    of `counting()` before optimisation are returned instead, with no bytes, as SOURCE_UNOPTIMIZED. With
+    `always_fallback` (the reason, e.g. "scans unrolled for counting") `compiled()` is not counted at all, its count
+    being known to be incomplete: `counting()` is compiled and counted in its place (same backend, same kind of
+    count), and checked in turn. Both are callables, so that nothing is compiled that is not counted.
     """
     if always_fallback:
-        return dataclasses.replace(compiled_cost(fallback().compile(), 1), source=f"xla-cpu ({always_fallback})")
-    program = compiled()
-    cost = compiled_cost(program, num_devices)
+        lowered = counting()
+        program, note = lowered.compile(), always_fallback
+    else:
+        lowered, program, note = None, compiled(), ""
+    cost = dataclasses.replace(compiled_cost(program, num_devices), note=note)
     if cost.flops >= USABLE_FRACTION * minimum_flops:
         return cost
-    return dataclasses.replace(compiled_cost(fallback().compile(), 1),
-                               source=f"xla-cpu ({program_platform(program)} count unusable)")
+    lowered = lowered or counting()
+    flops = unoptimized_flops(lowered)
+    why = f"{program_platform(program)} count unusable ({cost.flops:.4g} < {USABLE_FRACTION:g} x floor)"
+    if not flops >= USABLE_FRACTION * minimum_flops:
+        why += f"; the unoptimised count {flops:.4g} is under the floor too"
+    return ProgramCost(flops=flops, bytes_accessed=None, num_devices=cost.num_devices, source=SOURCE_UNOPTIMIZED,
+                       note="; ".join(n for n in (note, why) if n))

@@ -48,26 +48,27 @@ class FlopsReport:
     batch_size: int  # global batch the programs were compiled for
     devices: int
     platform: str  # backend the programs were compiled for first
-    flops_source: str  # 'xla', or what was counted instead (see sv_jax.programs)
+    flops_source: str  # 'xla' (the compiled programs' counts) or 'xla-unoptimized' (profiling.xla_cost)
+    flops_note: str  # why the programs themselves were not what was counted, if they were not
     forward_flops_per_utt: float
     forward_flops_per_utt_unoptimized: float  # XLA's count of the program before optimisation
     forward_flops_per_utt_analytic: float
     forward_macs_per_utt_analytic: int
     forward_macs_full_kernel_per_utt: int
-    forward_bytes_accessed_per_utt: float
+    forward_bytes_accessed_per_utt: float | None  # None with 'xla-unoptimized' (no bytes of this backend)
     forward_arithmetic_intensity_flops_per_byte: float
     train_step_flops_per_utt: float
     train_step_flops_per_utt_unoptimized: float
     train_step_to_forward_flops_ratio: float
-    train_step_bytes_accessed_per_utt: float
+    train_step_bytes_accessed_per_utt: float | None
     train_step_arithmetic_intensity_flops_per_byte: float
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator > 0 else float("nan")
+def _ratio(numerator: float, denominator: float | None) -> float:
+    return numerator / denominator if denominator else float("nan")
 
 
 def flops_report(config, batch_size: int = programs_lib.COUNTING_BATCH_SIZE, num_classes: int | None = None,
@@ -81,13 +82,14 @@ def flops_report(config, batch_size: int = programs_lib.COUNTING_BATCH_SIZE, num
     programs = programs_lib.compile_programs(config, batch_size, num_classes, devices)
     forward, step = programs.forward_cost, programs.train_step_cost
     counted = programs.counted_lowering()
-    per_utt = lambda value: value / batch_size
+    per_utt = lambda value: None if value is None else value / batch_size
     macs_real = programs.forward_macs_per_utt
     return FlopsReport(
         model=config.model.name, params=models.count_params(programs.state.params["backbone"]),
         head_params=models.count_params(programs.state.params["head"]), num_classes=num_classes,
         num_frames=frames, num_mel_bins=bins, batch_size=batch_size, devices=len(devices),
         platform=devices[0].platform, flops_source=", ".join(sorted({forward.source, step.source})),
+        flops_note="; ".join(sorted({n for n in (forward.note, step.note) if n})),
         forward_flops_per_utt=per_utt(forward.flops),
         forward_flops_per_utt_unoptimized=per_utt(xla_cost.unoptimized_flops(counted.forward)),
         forward_flops_per_utt_analytic=2.0 * macs_real, forward_macs_per_utt_analytic=macs_real,

@@ -10,10 +10,11 @@ sharded along the mesh's 'data' axis) and `forward` (`model.embed` on full chunk
 values (the state is abstract, jax.eval_shape), so any model lowers in seconds.
 
 Costs are XLA's counts, checked against the analytic floor of the models' own MAC count (sv_jax.models.macs): a
-forward is at least 2 FLOPs per multiply-add, a train step at least twice that (forward plus at least one backward
-product per convolution). Where XLA's count is under 90% of the floor (cuDNN's -1 on GPU), the same program is
-compiled for one CPU device and counted, labelled so. Reversible models (`model.reversible`) run their couplings in
-a lax.scan whose body XLA counts once: they are always counted on a CPU copy lowered with the scans unrolled.
+forward is 2 FLOPs per multiply-add, a train step three times that (the forward, and the gradients with respect to
+the activations and to the weights, each as many products). Where XLA's count is under 90% of the floor (cuDNN's -1
+on GPU), the FLOPs of the program as lowered, before optimisation, are used instead, with no byte count, and
+labelled so (profiling.xla_cost). Reversible models (`model.reversible`) run their couplings in a lax.scan whose body
+XLA counts once: they are always counted on a copy lowered with the scans unrolled, compiled for the same devices.
 """
 
 from __future__ import annotations
@@ -124,11 +125,13 @@ class CompiledPrograms:
         return macs_lib.forward_macs(self.config.model, self.config.data.num_frames, self.config.data.num_mel_bins)
 
     @functools.cached_property
-    def _cpu_copy(self) -> LoweredPrograms:
-        """The same programs lowered for one CPU device with the scans unrolled: what is counted where the
-        backend's own count is unusable or incomplete."""
+    def _counting_copy(self) -> LoweredPrograms:
+        """What is counted: the programs themselves, or for reversible models the same programs with the scans
+        unrolled, lowered for the same devices."""
+        if not self._always_fallback():
+            return self.lowered
         lowered = self.lowered
-        return lower_programs(self.config, lowered.batch_size, self.num_classes, jax.devices("cpu")[:1],
+        return lower_programs(self.config, lowered.batch_size, self.num_classes, list(self.mesh.devices.flat),
                               forward_batch_size=lowered.forward_batch_size, unroll_scans=True)
 
     def _always_fallback(self) -> str:
@@ -137,20 +140,21 @@ class CompiledPrograms:
     @functools.cached_property
     def train_step_cost(self) -> xla_cost.ProgramCost:
         """Checked FLOPs and bytes of one train step (see the module docstring)."""
-        minimum = 2 * 2 * self.forward_macs_per_utt * self.lowered.batch_size
-        return xla_cost.checked_cost(lambda: self.train_step, minimum, lambda: self._cpu_copy.train_step,
+        minimum = 3 * 2 * self.forward_macs_per_utt * self.lowered.batch_size
+        return xla_cost.checked_cost(lambda: self.train_step, minimum, lambda: self._counting_copy.train_step,
                                      self.mesh.size, always_fallback=self._always_fallback())
 
     @functools.cached_property
     def forward_cost(self) -> xla_cost.ProgramCost:
         """Checked FLOPs and bytes of one forward call (see the module docstring)."""
         minimum = 2 * self.forward_macs_per_utt * self.lowered.forward_batch_size
-        return xla_cost.checked_cost(lambda: self.forward, minimum, lambda: self._cpu_copy.forward,
+        return xla_cost.checked_cost(lambda: self.forward, minimum, lambda: self._counting_copy.forward,
                                      self.mesh.size, always_fallback=self._always_fallback())
 
     def counted_lowering(self) -> LoweredPrograms:
-        """The lowering whose unoptimised count covers the whole program (the CPU copy for reversible models)."""
-        return self._cpu_copy if self._always_fallback() else self.lowered
+        """The lowering whose unoptimised count covers the whole program (the unrolled copy for reversible
+        models)."""
+        return self._counting_copy
 
 
 def compile_programs(config, batch_size: int, num_classes: int, devices: Sequence[jax.Device] | None = None, *,

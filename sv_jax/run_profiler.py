@@ -87,7 +87,11 @@ class RunCost:
                 names.key(names.TRAIN_STEP, "bytes_accessed_per_utt"): step_per_utt[1],
                 names.key(names.FORWARD, "flops_per_utt"): self.forward.per(self.forward_batch)[0],
                 names.key(names.FORWARD, "flops_per_utt_analytic"): self.forward_flops_per_utt_analytic,
-                "flops_source": self.train_step.source, "peak_tflops": self.peak_tflops,
+                "flops_source": self.train_step.source,
+                names.key(names.TRAIN_STEP, "flops_source"): self.train_step.source,
+                names.key(names.FORWARD, "flops_source"): self.forward.source,
+                "flops_note": "; ".join(sorted({n for n in (self.train_step.note, self.forward.note) if n})),
+                "peak_tflops": self.peak_tflops,
                 "peak_source": self.peak_source, "memory": self.memory.to_dict() if self.memory else None}
 
     @classmethod

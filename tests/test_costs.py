@@ -4,6 +4,7 @@
 import importlib
 import json
 import os
+import types
 import pathlib
 import subprocess
 import sys
@@ -94,7 +95,7 @@ def test_reversible_models_are_counted_with_every_coupling(mode):
     config = _small_config("bottleneck")
     config.model.num_blocks, config.model.reversible = (1, 4, 1, 1), mode
     report = costs.flops_report(config, batch_size=8, devices=jax.devices()[:1])
-    assert report.flops_source == f"xla-cpu ({programs_lib.SCANS_UNROLLED})"
+    assert report.flops_source == "xla" and report.flops_note == programs_lib.SCANS_UNROLLED
     assert report.forward_flops_per_utt == pytest.approx(report.forward_flops_per_utt_analytic, rel=0.08)
     assert report.forward_flops_per_utt_unoptimized == pytest.approx(report.forward_flops_per_utt_analytic,
                                                                      rel=0.08)
@@ -147,15 +148,32 @@ def test_compiled_cost_sums_over_devices():
         assert xla_cost.compiled_cost(compiled).flops == pytest.approx(2 * 64 * 128 * 256, rel=0.01)
 
 
-def test_unusable_count_falls_back_to_cpu_and_says_so():
+def test_an_unusable_count_falls_back_to_the_unoptimised_count_without_bytes():
+    """Under the floor (cuDNN's -1 on a GPU): the lowered program's FLOPs, labelled, and no bytes of another
+    backend's program (they used to come from a CPU copy, called 'measured')."""
     lowered = jax.jit(lambda a: a @ a).lower(jax.ShapeDtypeStruct((32, 32), jnp.float32))
-    cost = xla_cost.checked_cost(lowered.compile, minimum_flops=1e15, fallback=lambda: lowered)
-    assert cost.source == "xla-cpu (cpu count unusable)"
+    cost = xla_cost.checked_cost(lowered.compile, minimum_flops=2 * 32 ** 3 / 0.8, counting=lambda: lowered)
+    assert cost.source == xla_cost.SOURCE_UNOPTIMIZED and cost.bytes_accessed is None
+    assert cost.note.startswith("cpu count unusable") and cost.per(32)[1] is None
     assert cost.flops == pytest.approx(2 * 32 ** 3, rel=0.01) and cost.num_devices == 1
     assert xla_cost.checked_cost(lowered.compile, 2 * 32 ** 3, lambda: None).source == "xla"
-    # A program known to be under-counted (scans) is never counted itself.
+    # A program known to be under-counted (scans) is never counted itself: its counting copy is, compiled.
     never = lambda: pytest.fail("the under-counted program was compiled")
-    assert xla_cost.checked_cost(never, 0, lambda: lowered, always_fallback="scans").source == "xla-cpu (scans)"
+    counted = xla_cost.checked_cost(never, 0, lambda: lowered, always_fallback="scans")
+    assert (counted.source, counted.note) == ("xla", "scans") and counted.bytes_accessed > 0
+
+
+def test_the_train_step_floor_is_three_forwards():
+    """A train step is ~3x its forward (activation and weight gradients): a count missing the weight gradients
+    (~2x) must fail the floor, which used to be 2x."""
+    config = _small_config("basic")
+    compiled = programs_lib.compile_programs(config, 8, costs.default_num_classes(config), jax.devices()[:1])
+    floor = 3 * 2 * compiled.forward_macs_per_utt * 8
+    assert compiled.train_step_cost.flops >= xla_cost.USABLE_FRACTION * floor
+    only_two = lambda: types.SimpleNamespace(cost_analysis=lambda: {"flops": 2.05 * floor / 3}, input_shardings=(
+        jax.sharding.SingleDeviceSharding(jax.devices()[0]),))
+    cost = xla_cost.checked_cost(only_two, floor, lambda: compiled.lowered.train_step, 1)
+    assert cost.source == xla_cost.SOURCE_UNOPTIMIZED
 
 
 def test_the_trainers_programs_agree_with_the_report(basic_reports):
