@@ -14,7 +14,7 @@ import pytest
 
 from configs import tiny
 from emulated_nvml import Board, EmulatedNvml, installed
-from profiling import sensors
+from profiling import energy, sensors
 from sv_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -39,8 +39,15 @@ def test_a_training_run_over_named_boards_reports_their_power(corpus_root, tmp_p
     config.profile.update(nvml_gpus="0,1", skip_steps=2, window_steps=4, idle_seconds=0.3, idle_settle_s=0.1,
                           idle_parts=3, peak_tflops=1.0)
     boards = [Board(0, power_w=100.0), Board(1, power_w=50.0), Board(2, power_w=300.0)]
+    order = []  # the idle baseline is taken before anything is compiled (it used to follow compilation)
+    measure_idle, compile_programs = energy.EnergyMonitor.measure_idle, train.programs_lib.compile_programs
+    monkeypatch.setattr(energy.EnergyMonitor, "measure_idle",
+                        lambda self, *a, **k: order.append("idle") or measure_idle(self, *a, **k))
+    monkeypatch.setattr(train.programs_lib, "compile_programs",
+                        lambda *a, **k: order.append("compile") or compile_programs(*a, **k))
     with installed(EmulatedNvml(boards)):
         profile = train.train_and_evaluate(config, str(tmp_path / "run"))["profile"]
+    assert order == ["idle", "compile"]
     measured = profile["train"]
     assert _power(measured) == pytest.approx(150.0, rel=0.01)
     assert measured["complete"] is True and measured["sources"] == {"gpu0": "nvml-energy-counter",
@@ -130,3 +137,37 @@ def test_a_stuck_board_is_flagged_and_leaves_no_total(tmp_path, monkeypatch):
     assert all(w["energy"].startswith("missing: no figure for gpu1") for w in windows)
     assert all(any(m.startswith("gpu1: its energy counter did not move") for m in w["warnings"]) for w in windows)
     assert summary["windows_incomplete"] == len(windows) and summary["energy"].startswith("unavailable")
+
+
+def test_the_runs_energy_adds_up_every_restart_from_energy_jsonl(tmp_path, monkeypatch):
+    """summary.json's train.run: every (re)start's measured windows, not only the last one's."""
+    from profiling import xla_cost
+    from sv_jax import reporting, run_profiler
+
+    class Writer:
+        def write_scalars(self, step, scalars):
+            pass
+
+    earlier = [{"seconds": 2.0, "step_start": 6, "step_end": 10, "steps": 5, "energy_j": 300.0, "run_start_step": 0},
+               {"seconds": 2.0, "step_start": 11, "step_end": 15, "steps": 5, "energy": "missing: ...",
+                "run_start_step": 0}]
+    for record in earlier:
+        reporting.append_jsonl(tmp_path / "energy.jsonl", record)
+    profile = tiny.get_config().profile
+    profile.update(enabled=True, skip_steps=1, window_steps=2, idle_seconds=0.0)
+    cost = run_profiler.RunCost(global_batch=8, train_step=xla_cost.ProgramCost(1e9, 1e6, 1),
+                                forward=xla_cost.ProgramCost(8e8, 1e6, 1), forward_batch=8,
+                                forward_flops_per_utt_analytic=1e8, memory=None, peak_tflops=None,
+                                peak_source="none")
+    clock = sensors.FakeClock()
+    monitor = energy.EnergyMonitor([sensors.FakeSensor({"gpu0": 50.0}, clock)], clock=clock, background=False)
+    with run_profiler.RunProfiler(profile, tmp_path, cost, writer=Writer(), start_step=15, monitor=monitor) as p:
+        for step in range(16, 21):
+            clock.advance(1.0)
+            p.step(step, None)
+    train_profile = p.summary(20)["profile"]["train"]
+    assert train_profile["energy_j"] == pytest.approx(50.0 * 3)  # this start: steps 17-20, 3 s
+    run = train_profile["run"]
+    assert run["energy_j"] == pytest.approx(300.0 + 150.0) and run["starts"] == 2
+    assert run["windows"] == 4 and run["windows_with_energy"] == 3
+    assert run["kwh"] == pytest.approx(450.0 / 3.6e6)
