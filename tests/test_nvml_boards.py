@@ -181,3 +181,35 @@ def test_tick_aligned_edges_measure_short_windows_exactly(start):
 def test_plain_counter_reads_of_a_short_window_are_off_by_a_tick():
     m = _short_window(0.03, align=False)  # the edges fall at different phases of the 100-ms tick
     assert m.seconds == pytest.approx(0.98) and abs(m.avg_power_w / 150.0 - 1) > 0.02
+
+
+def test_short_windows_over_the_emulated_counter_are_warned():
+    clock = FakeClock()
+    monitor = EnergyMonitor([NvmlSensor("all", nvml=EmulatedNvml([Board(0, power_w=100.0)], clock=clock))],
+                            clock=clock, background=False)
+    warnings = {}
+    for seconds in (0.05, 1.0, 5.0):
+        monitor.begin_window("w")
+        clock.advance(seconds)
+        warnings[seconds] = monitor.end_window("w").warnings
+    monitor.close()
+    assert any("shorter than the ~0.1 s update period of gpu0" in w for w in warnings[0.05])
+    assert any("energy is noisy and biased low" in w for w in warnings[1.0])
+    assert warnings[5.0] == ()
+
+
+def test_polled_instant_power_of_a_varying_trace_is_within_two_percent():
+    """A board without the counter (pre-Volta): instant power sampled every 100 ms and integrated."""
+    import math
+    clock = FakeClock()
+    trace = lambda t: 200.0 + 120.0 * math.sin(2.0 * t)  # noqa: E731
+    nvml = EmulatedNvml([Board(0, power_w=trace, supports_energy_counter=False)], clock=clock)
+    monitor = EnergyMonitor([NvmlSensor("all", nvml=nvml)], clock=clock, background=False, poll_interval_s=0.1)
+    monitor.begin_window("w")
+    for _ in range(100):
+        clock.advance(0.1)
+        monitor.poll_once()
+    m = monitor.end_window("w")
+    monitor.close()
+    assert m.sources == {"gpu0": "nvml-power-polling"} and m.samples >= 100
+    assert m.gpu_j["gpu0"] == pytest.approx(nvml.true_energy_j(0, 0.0, 10.0), rel=0.02)
