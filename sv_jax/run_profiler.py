@@ -142,8 +142,12 @@ class WindowRecord:
                 if (v is not None and v != ()) or (k == "mfu" and self.tflops is not None)}
 
     def scalars(self) -> dict[str, float]:
-        return {scalar: getattr(self, field) for field, scalar in _WINDOW_SCALARS.items()
-                if getattr(self, field) is not None}
+        """TensorBoard scalars: the job's figures, and each host's Joules (`energy/host_j/<host>`) with several."""
+        out = {scalar: getattr(self, field) for field, scalar in _WINDOW_SCALARS.items()
+               if getattr(self, field) is not None}
+        for host, j in (self.hosts or {}).items():
+            out[names.scalar("energy", f"host_j/{host}")] = j
+        return out
 
 
 class NullProfiler:
