@@ -24,8 +24,12 @@ scalars (`energy/j_per_step`, `energy/j_per_utt`, `power/gpu_w`, `power/cpu_w`, 
 `perf/mfu`); the final evaluation is one more window whose energy is divided by the utterances embedded. Energy
 comes only from sensors (NVML, RAPL); without one the windows still time the steps and the energy fields say
 "unavailable" with the reason. A sensor that fails mid-run never stops training: a window with failed reads is
-marked `complete: false` with the reason in `warnings`, and one left without a figure for some domain gets no
-energy total ("missing: ...") and is kept out of the run's energy sums.
+marked `complete: false` with the reason in `warnings`, and one left without a figure for some domain (a failed
+read, a stuck counter) gets no energy total ("missing: ...") and is kept out of the run's energy sums.
+
+The job (sv_jax.job_meter): every process meters a disjoint share of the job's domains, and each window's figure is
+gathered from every process at its edge and summed before any division, so energy.jsonl and the summary (written
+by process 0) hold the job's Joules, with each host's share in `hosts`.
 
 Counts (sv_jax.programs): the compiled train step's and forward's checked FLOPs, the step's memory and the
 device's peak (profiling.peaks) are read once at the start and reported in the summary's `profile` section, which
