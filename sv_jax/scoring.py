@@ -30,6 +30,7 @@ adaptive symmetric score normalisation against a cohort, computing each unique u
 
 from __future__ import annotations
 
+import warnings
 from typing import Mapping
 
 import numpy as np
@@ -312,6 +313,10 @@ def _prepare_cohort(cohort, dim: int, top_k: int, mean=None) -> tuple[np.ndarray
     if k < 2:
         raise ValueError(f"AS-norm needs top_k >= 2 and a cohort of >= 2 embeddings (top_k={top_k}, "
                          f"cohort size {cohort.shape[0]})")
+    if k < int(top_k):
+        # The statistics are then those of the whole cohort (s-norm), not of the closest top_k: say so.
+        warnings.warn(f"AS-norm top_k={top_k} exceeds the cohort of {cohort.shape[0]} embeddings: using all "
+                      f"{cohort.shape[0]}", stacklevel=4)
     if mean is not None:
         cohort = cohort - np.asarray(mean, dtype=np.float64).reshape(-1)
     return _l2_normalise(cohort).astype(np.float32), k
@@ -345,8 +350,8 @@ def as_norm(scores, enroll, test, cohort, top_k=300) -> np.ndarray:
       scores: ``[N]`` raw trial scores.
       enroll: ``[N, D]`` enrollment embedding per trial.
       test: ``[N, D]`` test embedding per trial.
-      cohort: ``[C, D]`` cohort embeddings (e.g. per-speaker mean training embeddings).
-      top_k: number of highest cohort scores used; clipped to ``C``; must be >= 2.
+      cohort: ``[C, D]`` cohort embeddings (WeSpeaker: the mean embedding of every training speaker).
+      top_k: number of highest cohort scores used; clipped to ``C`` with a ``UserWarning``; must be >= 2.
 
     Returns:
       ``[N]`` float64 normalised scores.

@@ -1,7 +1,9 @@
 """Tests for sv_jax.scoring against hand-worked cases and independent references (sklearn, brute-force loops)."""
 
+import contextlib
 import time
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -251,9 +253,22 @@ def test_as_norm_matches_reference(top_k):
     enroll = np.stack([emb[k] for k in trials.enroll])
     test = np.stack([emb[k] for k in trials.test])
     expected = as_norm_reference(scores, enroll.astype(np.float64), test.astype(np.float64), cohort, top_k)
-    np.testing.assert_allclose(scoring.as_norm(scores, enroll, test, cohort, top_k=top_k), expected, atol=1e-4)
-    np.testing.assert_allclose(scoring.as_norm_trials(scores, emb, trials, cohort, top_k=top_k), expected,
-                               atol=1e-4)
+    # top_k beyond the cohort uses the whole cohort, and warns (the statistics are then s-norm's).
+    clipped = pytest.warns(UserWarning, match=f"top_k={top_k} exceeds the cohort of 50") if top_k > 50 else \
+        contextlib.nullcontext()
+    with clipped:
+        np.testing.assert_allclose(scoring.as_norm(scores, enroll, test, cohort, top_k=top_k), expected, atol=1e-4)
+    with clipped:
+        np.testing.assert_allclose(scoring.as_norm_trials(scores, emb, trials, cohort, top_k=top_k), expected,
+                                   atol=1e-4)
+
+
+def test_as_norm_within_the_cohort_does_not_warn():
+    emb, trials, rng = _embeddings(seed=4)
+    cohort = rng.normal(size=(50, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scoring.as_norm_trials(scoring.score_trials(emb, trials), emb, trials, cohort, top_k=50)
 
 
 def test_as_norm_trials_with_mean_and_chunking(monkeypatch):
