@@ -48,9 +48,9 @@ def test_two_processes_train_like_one_and_stop_together_on_sigterm(corpus_root, 
              "--config.data.dither=0.0", f"--config.train.num_epochs={STEPS // 3}", "--num_processes=2"]
     env = os.environ | {"XLA_FLAGS": os.environ["XLA_FLAGS"].replace("device_count=4", "device_count=2")}
 
-    def start():
+    def start(*extra, main=("-m", "sv_jax.main"), env=env):
         port = _free_port()
-        return [subprocess.Popen([sys.executable, "-m", "sv_jax.main", *flags, f"--coordinator_address=localhost:{port}",
+        return [subprocess.Popen([sys.executable, *main, *flags, *extra, f"--coordinator_address=localhost:{port}",
                                   f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True) for i in range(2)]
 
@@ -75,7 +75,12 @@ def test_two_processes_train_like_one_and_stop_together_on_sigterm(corpus_root, 
     stopped = int(stops[0][0])
     assert stopped < STEPS and (checkpoints / str(stopped)).is_dir() and not (workdir / "summary.json").exists()
 
-    finish(start())  # the same command resumes both
+    # The same command resumes both; here with profiling on, over an emulated NVML on this "host" (boards at 100 W
+    # and 50 W, metered as a named list: by process 0 alone, so counted once).
+    finish(start("--config.profile.enabled=True", "--config.profile.nvml_gpus=0,1", "--config.profile.skip_steps=1",
+                 "--config.profile.window_steps=3", "--config.profile.idle_seconds=0.2",
+                 "--config.profile.idle_settle_s=0", main=(str(ROOT / "tests/emulated_nvml_main.py"),),
+                 env=env | {"EMULATED_NVML_W": "100,50", "EMULATED_NVML_NO_RAPL": "1"}))
 
     one = train.train_and_evaluate(_config(corpus), str(tmp_path / "one"), devices=jax.devices()[:4])
     two_log = [json.loads(line) for line in (workdir / "train_log.jsonl").read_text().splitlines()]
@@ -97,6 +102,10 @@ def test_two_processes_train_like_one_and_stop_together_on_sigterm(corpus_root, 
     assert positions == [[rows - 1, rows], [rows]], positions
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["steps"] == one["steps"] == STEPS and summary["resumed_from_step"] == stopped
+    measured = summary["profile"]["train"]  # the job's power: 150 W, not 300 W (both processes) or 0 W
+    assert measured["energy_j"] / measured["seconds_measured"] == pytest.approx(150.0, rel=0.01)
+    assert measured["mfu"] is None or measured["mfu"] > 0
+    assert [len(m["boards"]) for m in summary["profile"]["meters"]] == [2, 0]
     assert len(summary["devices"]) == 4
     # Only process 0 writes events (one file per start) and summaries; both took part in the checkpoints.
     assert len(list(workdir.glob("events.out.tfevents.*"))) == 2

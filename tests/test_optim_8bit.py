@@ -215,7 +215,7 @@ def _resnet34_param_shapes(width: int = 32, feat_dim: int = 80, embed_dim: int =
 
 
 def test_state_dtypes_and_bytes_of_resnet34():
-    """Measured: 8-bit / 32-bit state bytes = 0.2552 for both SGD momentum and Adam on ResNet34."""
+    """Counted: 8-bit / 32-bit state bytes = 0.2552 for both SGD momentum and Adam on ResNet34."""
     shapes = _resnet34_param_shapes()
     assert sum(math.prod(s) for s in shapes) == 6_634_336  # docs/design.md's ResNet34 count
     params = {f"{i:03d}": jnp.zeros(s) for i, s in enumerate(shapes)}
