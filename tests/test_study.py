@@ -1,16 +1,21 @@
-"""The compute–energy study: windows, fits, Pareto front and knee, projection, sweep configs, and the command line."""
+"""The compute–energy study: windows, fits, Pareto front and knee, projection, sweep configs, the benchmark's energy
+windows, and the command line. (Weighted fits and FLOP sources: test_study_fits.py.)"""
 
+import io
 import json
 import math
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from profiling import carbon, energy, windows as windows_lib
 from profiling.study import analysis as study_lib
+from profiling.study import benchmark
+from profiling.study import measure
 from profiling.study import report as report_lib
 from profiling.study import results
 from profiling.study import sweeps as sweep_config
@@ -20,7 +25,7 @@ SWEEPS = sorted(p for p in (ROOT / "configs" / "sweeps").glob("*.py") if p.stem 
 
 # The planted relation: energy per train step = A * FLOPs + B, on variants of 10-200 GFLOP per step.
 A_J_PER_FLOP, B_J = 2.5e-10, 10.0
-IDLE_W = 40.0
+IDLE_W = 20.0
 
 
 class PlantedMachine:
@@ -62,7 +67,7 @@ def _row(name, flops, train, infer, **extra):
            "forward_flops": flops / 3, "forward_bytes_accessed": 0.004 * flops,
            "forward_macs_per_utt_analytic": flops / 6 / 64, "forward_macs_per_utt_projection": flops / 6 / 64,
            "activation_bytes": 1e6, "energy_sources": "gpu0: fake", "energy_unavailable": ""}
-    row |= train.fields("train_step") | infer.fields("forward")
+    row |= measure.series_fields("train_step", train) | measure.series_fields("forward", infer)
     return row | extra
 
 
@@ -93,6 +98,7 @@ def test_analysis_recovers_a_planted_energy_flops_relation(tmp_path):
     variants = {f"v{i}": f for i, f in enumerate(np.geomspace(1e10, 2e11, 7))}
     rows = []
     with energy.EnergyMonitor([machine.sensor], clock=machine.clock, background=False) as monitor:
+        monitor.measure_idle(2.0, sleep=machine.clock.advance)  # IDLE_W: the baseline of the dynamic Joules
         for name, flops in variants.items():
             rows.append(_row(name, flops, _windows(machine, monitor, flops),
                              _windows(machine, monitor, flops / 3, "forward")))
@@ -109,8 +115,22 @@ def test_analysis_recovers_a_planted_energy_flops_relation(tmp_path):
     assert fit.r2 > 0.999 and result.fits["train_step"]["correlation"]["spearman_rho"] == pytest.approx(1.0)
     infer = result.fits["forward"]["line"]
     assert infer.slope == pytest.approx(A_J_PER_FLOP, rel=0.02) and infer.intercept == pytest.approx(B_J, rel=0.02)
+    # Above idle, a call of F FLOPs (F / 1e11 + 0.01 s) costs (A - IDLE_W / 1e11)·F + (B - IDLE_W · 0.01) J.
+    assert not result.why_no_dynamic
+    for program in ("train_step", "forward"):
+        for key in ("dynamic_line", "dynamic_weighted"):
+            fit = result.fits[program][key]
+            assert fit.slope == pytest.approx(A_J_PER_FLOP - IDLE_W / 1e11, rel=0.05)
+            assert fit.fit_constant == pytest.approx(B_J - IDLE_W * 0.01, rel=0.02)
+        assert result.fits[program]["dynamic_weighted"].weighted and result.fits[program]["weighted"].weighted
+    assert rows[0]["train_step_dynamic_j_std"] > 0  # the spread of the dynamic figure itself, from measure
     report = (tmp_path / "report.md").read_text()
     assert "Time only" not in report and "Quick numbers" not in report and "No Pareto front: no EER" in report
+    assert "dynamic J (above idle)" in report and "fit constant b (J/call)" in report and "1/variance" in report
+    assert "counted by XLA" in report and "FLOP source: train step: `unrecorded`" in report  # _row records none
+    assert "**FLOP source unrecorded**" in report
+    analysis_json = json.loads((tmp_path / "analysis.json").read_text())
+    assert "fit_constant" in analysis_json["fits"]["train_step"]["dynamic_weighted"]
     for name in ("train_step_flops_vs_cost.png", "forward_flops_vs_cost.png", "stages.png", "analysis.json"):
         assert (tmp_path / name).stat().st_size > 1000
 
@@ -212,7 +232,7 @@ def test_run_quick_then_rerun_resumes_and_refuses_to_mix(tmp_path):
                "--sweep.quick.cooldown_s=0", "--sweep.quick.idle_s=0"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "QUICK numbers" in result.stdout and "time only" in result.stdout
+    assert "QUICK numbers" in result.stdout and "time only" in result.stdout and "FLOPs counted by XLA" in result.stdout
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["variant"], r["status"]) for r in rows] == [("b4", "done"), ("b8", "done")]
     for r in rows:  # counted, timed, trained
@@ -224,6 +244,10 @@ def test_run_quick_then_rerun_resumes_and_refuses_to_mix(tmp_path):
     assert len(csv_lines) == 3 and csv_lines[0].startswith("sweep,variant,quick,status")
     report = (out / "report.md").read_text()
     assert "**Quick numbers**" in report and "**Time only**" in report and "eer_vs_cost.png" in report
+    sources = {program: rows[0][f"{program}_flops_source"] for program in ("train_step", "forward")}
+    assert all(sources.values()) and all(r[f"{p}_flops_source"] == s for r in rows for p, s in sources.items())
+    assert f"FLOP source: train step: `{sources['train_step']}`; forward call: `{sources['forward']}`" in report
+    assert "No dynamic" not in report  # time only: there is no energy to subtract a baseline from
     for name in ("train_step_flops_vs_cost.png", "forward_flops_vs_cost.png", "stages.png", "eer_vs_cost.png"):
         assert (out / name).stat().st_size > 1000
 
@@ -239,3 +263,65 @@ def test_run_quick_then_rerun_resumes_and_refuses_to_mix(tmp_path):
     full = subprocess.run([c for c in command if c != "--quick"], cwd=ROOT, capture_output=True, text=True)
     assert full.returncode == 2 and "quick=True" in full.stderr and "use another --out" in full.stderr
     assert "Traceback" not in full.stderr
+
+
+# --- The benchmark's energy windows -----------------------------------------------------------------------------
+
+def _fake_calls(clock, seconds_per_call):
+    def run(n):
+        clock.advance(n * seconds_per_call)
+    return run
+
+
+def test_benchmark_energy_windows_last_at_least_window_s_and_keep_their_warnings():
+    clock = energy.FakeClock(50.0)
+    runs = {"train_step": _fake_calls(clock, 0.3), "forward": _fake_calls(clock, 0.07)}
+    with energy.EnergyMonitor([energy.FakeSensor({"gpu0": 100.0}, clock)], clock=clock, background=False) as monitor:
+        steady = benchmark.energy_windows(runs, monitor, window_s=5.0, repetitions=3, cooldown_s=1.0, clock=clock,
+                                          sleep=clock.advance)
+        fields = benchmark.energy_fields(steady, monitor, batch_size=8, window_s=5.0)
+        assert all(s >= 5.0 for series in steady.values() for s in series.seconds)
+        assert fields["train_step_energy_windows_s"] == pytest.approx([5.1] * 3)  # 17 whole calls of 0.3 s
+        assert fields["train_step_j"] == pytest.approx(30.0) and fields["train_step_j_per_utt"] == pytest.approx(3.75)
+        assert fields["forward_j"] == pytest.approx(7.0) and fields["train_step_j_std"] == pytest.approx(0, abs=1e-9)
+        assert fields["window_warnings"] == [] and fields["energy_unavailable"] is None
+        assert fields["energy_sources"] == {"gpu0": "fake"}
+
+        short = benchmark.energy_windows(runs, monitor, window_s=1.5, repetitions=2, cooldown_s=0.0, clock=clock,
+                                         sleep=clock.advance)
+        fields = benchmark.energy_fields(short, monitor, 8, 1.5, ["monitor-overhead block 1 window 1 (...): w"])
+    assert all(s >= 1.5 for s in fields["forward_energy_windows_s"])
+    warnings = fields["window_warnings"]
+    assert "shorter than the 5 s" in warnings[0]
+    assert any(w.startswith("train_step window 2: window 1.") and "s < 2 s" in w for w in warnings)
+    assert any(w.startswith("forward window 1: window") for w in warnings)
+    assert warnings[-1].startswith("monitor-overhead block 1")
+
+
+def test_benchmark_carries_window_warnings_into_its_result_and_json():
+    """The whole benchmark of a tiny model, on a fake sensor whose clock runs 10x faster than real time (1-s
+    windows: 0.1 s). configs/tiny.py at batch 4 on the 4 devices is the tiny sweep's quick b4 variant: its programs
+    come from the run's XLA cache when the sweep test ran first (4 s instead of 10 s on the 2-core VM)."""
+    from configs import tiny
+    start = time.perf_counter()
+    clock = lambda: 100.0 + 10.0 * (time.perf_counter() - start)  # noqa: E731
+    sleep = lambda seconds: time.sleep(seconds / 10.0)  # noqa: E731
+    sensor = energy.FakeSensor({"gpu0": 100.0}, clock, update_period_s=10.0)  # windows under 10 s get a warning
+    with energy.EnergyMonitor([sensor], clock=clock, background=False) as monitor:
+        result = benchmark.run(tiny.get_config(), batch_size=4, steps=2, blocks=1, warmup=1,
+                               window_s=1.0, repetitions=2, cooldown_s=0.0, monitor=monitor,
+                               clock=clock, sleep=sleep)
+        assert monitor.available  # a monitor passed in stays open: it is the caller's
+    assert result.flops_source == result.train_step_flops_source == result.forward_flops_source == "xla"
+    assert len(result.train_step_energy_windows_s) == len(result.forward_energy_windows_s) == 2
+    assert min(result.train_step_energy_windows_s + result.forward_energy_windows_s) >= 1.0
+    assert result.train_step_j > 0 and result.forward_j_per_utt > 0 and result.energy_unavailable is None
+    assert any(w.startswith("train_step window 1: window") and "update period of gpu0" in w
+               for w in result.window_warnings)
+    out, err = io.StringIO(), io.StringIO()
+    benchmark.print_result(result, as_json=True, out=out, err=err)
+    assert json.loads(out.getvalue())["window_warnings"] == result.window_warnings
+    assert err.getvalue().splitlines() == [f"warning: {w}" for w in result.window_warnings]
+    table = io.StringIO()
+    benchmark.print_result(result, as_json=False, out=table)
+    assert f"warning: {result.window_warnings[0]}" in table.getvalue().splitlines()

@@ -3,9 +3,11 @@
     python -m profiling.study run --sweep=configs/sweeps/depth.py --out=results/depth [--quick] [--train]
     python -m profiling.study analyze --out=results/depth
 
-`run` measures every variant of the sweep not yet finished in --out (profiling.study.measure; a rerun resumes),
-then analyses what is there. `analyze` alone rewrites analysis.json, the plots and report.md
-(profiling.study.report) from the rows, e.g. after editing the plots or adding variants. Sweep fields can be
+`run` counts (XLA's FLOPs and bytes) and measures (seconds, Joules) every variant of the sweep not yet finished in
+--out (profiling.study.measure; a rerun resumes), then analyses what is there. `analyze` alone rewrites
+analysis.json, the plots and report.md (profiling.study.report) from the rows, e.g. after editing the plots or adding
+variants. Both refuse, with one line and exit status 2, rows whose FLOP counts come from different sources
+(`<program>_flops_source`, profiling.study.analysis): re-run on one backend, or filter the rows. Sweep fields can be
 overridden like training configs: `--sweep.measure.repetitions=5`, `--sweep.projection.epochs=100`. `--quick`
 shrinks batch, chunk and windows so that a sweep finishes in minutes on a 2-core CPU, and says so in its output.
 """
@@ -51,9 +53,10 @@ def main(argv) -> None:
                 print(f"{variant}: {row['status']}", file=sys.stderr)
     from profiling.study import report  # pylint: disable=import-outside-toplevel
     study = report.write(out)
+    sources = "; ".join(f"{program}: {', '.join(found)}" for program, found in study.flops_sources.items())
     print(f"{len(study.rows)} variants analysed ({'energy' if study.energy else 'time only: no energy sensor'})"
-          f"{'; QUICK numbers, for trying the tool out' if study.meta['quick'] else ''}: "
-          f"{out}/report.md, {out}/results.csv")
+          f"{'; QUICK numbers, for trying the tool out' if study.meta['quick'] else ''}; FLOPs counted by XLA "
+          f"({sources}): {out}/report.md, {out}/results.csv")
 
 
 if __name__ == "__main__":

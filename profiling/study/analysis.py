@@ -4,9 +4,25 @@
 
 Cost is energy (Joules per train step / forward call) where every row has a measured figure; otherwise time
 (seconds per call), and the report says so: a machine without a sensor gives a time-only study, never an estimate
-shown as energy. Fits are least squares of cost per call on the XLA FLOPs of that call (cost = a·FLOPs + b: a is the
-marginal cost of a FLOP, b the per-call overhead that FLOPs do not explain) and on FLOPs and bytes accessed, with
-R²; Pearson and Spearman correlations across variants.
+shown as energy. FLOPs and bytes are XLA's counts of the compiled programs (sv_jax.programs), counted, not measured.
+Fits are least squares of cost per call on the FLOPs of that call (cost = a·FLOPs + b: a is the marginal cost of a
+FLOP; b is the *fit constant*, the line's value at zero FLOPs: the part of the cost that FLOPs do not explain, not a
+measured idle power or static energy, and free to come out negative) and on FLOPs and bytes accessed, with R²;
+Pearson and Spearman correlations across variants.
+
+Each line is fitted twice: unweighted, and weighted (`weighted`), each variant by the inverse variance of its mean
+per-call figure, windows / sd² (sd: the sample standard deviation of the per-call figure over the variant's windows).
+The sd is floored at STD_FLOOR_FRACTION (1%) of the variant's own mean |figure|: one window (sd 0) or windows that
+agree by chance would otherwise weigh without limit, and no figure here is known to better than about 1% (the
+meters' own agreement: counter vs polling). With energy, the dynamic Joules per call (above the idle baseline taken
+before the sweep: measured J − idle W × window seconds, `<program>_dynamic_j_mean`) are fitted the same two ways
+(`dynamic_line`, `dynamic_weighted`; their sd is `<program>_dynamic_j_std`, or the total's `_j_std` in rows written
+before it was recorded); without a baseline there are no dynamic fits, and the report says why.
+
+FLOP counts of one program share a fit only if they share a source (`<program>_flops_source`: XLA's count of the
+program as it runs, or a fallback's label, sv_jax.programs): `study()` refuses rows of mixed sources with a
+cli.UserError naming the sources and the variants of each. Rows written before sources were recorded read as
+'unrecorded' (profiling.study.results.flops_source) and fit together only with each other.
 
 The Pareto front keeps the variants that no cheaper variant matches in EER; cost there is the projected energy of
 the full recipe (or its device-hours, time-only). The point of diminishing returns is the front's knee (the
@@ -37,40 +53,91 @@ from profiling.study import results
 PROGRAMS = names.PROGRAMS  # 'train_step', 'forward'
 
 
+# No variant's per-call spread is taken as smaller than this fraction of its mean (see the module docstring), nor,
+# for a mean of zero, than STD_FLOOR_ABS.
+STD_FLOOR_FRACTION = 0.01
+STD_FLOOR_ABS = 1e-12
+
+
 @dataclasses.dataclass(frozen=True)
 class Fit:
-    """Least squares `y = slope·x + intercept` (y: J or s per call, x: FLOPs per call) and its R²."""
+    """Least squares `y = slope·x + fit_constant` (y: J or s per call, x: FLOPs per call) and its R².
+
+    `fit_constant` is the line's value at zero FLOPs, not an idle power or a static energy. A weighted fit
+    (`weighted`) weighs each point by the inverse variance of its y, and its R² is weighted alike; `floored` counts
+    the points whose spread was raised to the floor (STD_FLOOR_FRACTION).
+    """
 
     slope: float
-    intercept: float
+    fit_constant: float
     r2: float
     n: int
+    weighted: bool = False
+    floored: int = 0
+
+    @property
+    def intercept(self) -> float:
+        """`fit_constant` under its former name."""
+        return self.fit_constant
 
 
 @dataclasses.dataclass(frozen=True)
 class PlaneFit:
-    """Least squares `y = flops_coef·FLOPs + bytes_coef·bytes + intercept` and its R²."""
+    """Least squares `y = flops_coef·FLOPs + bytes_coef·bytes + fit_constant` and its R²."""
 
     flops_coef: float
     bytes_coef: float
-    intercept: float
+    fit_constant: float
     r2: float
     n: int
 
+    @property
+    def intercept(self) -> float:
+        """`fit_constant` under its former name."""
+        return self.fit_constant
 
-def _r2(y: np.ndarray, predicted: np.ndarray) -> float:
-    total = float(((y - y.mean()) ** 2).sum())
-    return 1.0 - float(((y - predicted) ** 2).sum()) / total if total > 0 else math.nan
+
+def _r2(y: np.ndarray, predicted: np.ndarray, weights: np.ndarray | None = None) -> float:
+    weights = np.ones_like(y) if weights is None else weights
+    mean = float((weights * y).sum() / weights.sum())
+    total = float((weights * (y - mean) ** 2).sum())
+    return 1.0 - float((weights * (y - predicted) ** 2).sum()) / total if total > 0 else math.nan
 
 
-def fit_line(x: Sequence[float], y: Sequence[float]) -> Fit | None:
-    """None with fewer than two distinct x."""
+def fit_line(x: Sequence[float], y: Sequence[float], weights: Sequence[float] | None = None) -> Fit | None:
+    """Least squares, weighted by `weights` if given; None with fewer than two distinct x."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(np.unique(x)) < 2:
         return None
-    design = np.stack([x, np.ones_like(x)], 1)
-    (slope, intercept), *_ = np.linalg.lstsq(design, y, rcond=None)
-    return Fit(float(slope), float(intercept), _r2(y, design @ [slope, intercept]), len(x))
+    w = np.ones_like(x) if weights is None else np.asarray(weights, float)
+    scale = float(np.abs(x).max()) or 1.0  # FLOPs ~1e12 next to a column of ones: condition the solve
+    design = np.stack([x / scale, np.ones_like(x)], 1)
+    root = np.sqrt(w)
+    (slope, constant), *_ = np.linalg.lstsq(design * root[:, None], y * root, rcond=None)
+    return Fit(float(slope / scale), float(constant), _r2(y, design @ [slope, constant], w), len(x),
+               weighted=weights is not None)
+
+
+def inverse_variance_weights(mean: Sequence[float], std: Sequence[float | None], windows: Sequence[int]
+                             ) -> tuple[np.ndarray, int]:
+    """(windows / sd², how many sd were floored): the inverse variance of each mean over windows.
+
+    An sd that is None, not finite or under max(STD_FLOOR_FRACTION·|mean|, STD_FLOOR_ABS) is replaced by that floor.
+    """
+    mean = np.asarray(mean, float)
+    floor = np.maximum(STD_FLOOR_FRACTION * np.abs(mean), STD_FLOOR_ABS)
+    sd = np.asarray([math.nan if s is None else s for s in std], float)
+    low = ~np.isfinite(sd) | (sd < floor)
+    sd = np.where(low, floor, sd)
+    return np.asarray(windows, float) / sd ** 2, int(low.sum())
+
+
+def fit_weighted_line(x: Sequence[float], mean: Sequence[float], std: Sequence[float | None],
+                      windows: Sequence[int]) -> Fit | None:
+    """`fit_line` of per-call means weighted by their inverse variance (`inverse_variance_weights`)."""
+    weights, floored = inverse_variance_weights(mean, std, windows)
+    fit = fit_line(x, mean, weights)
+    return dataclasses.replace(fit, floored=floored) if fit is not None else None
 
 
 def fit_plane(flops: Sequence[float], bytes_: Sequence[float], y: Sequence[float]) -> PlaneFit | None:
@@ -85,6 +152,26 @@ def fit_plane(flops: Sequence[float], bytes_: Sequence[float], y: Sequence[float
     coef, *_ = np.linalg.lstsq(design / scale, y, rcond=None)
     coef = coef / scale
     return PlaneFit(float(coef[0]), float(coef[1]), float(coef[2]), _r2(y, design @ coef), len(y))
+
+
+def flops_sources(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[str]]]:
+    """{program: {FLOP source: [variants]}}; a cli.UserError if any program's rows have more than one source."""
+    found = {program: {} for program in PROGRAMS}
+    for program, groups in found.items():
+        for r in rows:
+            groups.setdefault(results.flops_source(r, program), []).append(r["variant"])
+    mixed = {program: groups for program, groups in found.items() if len(groups) > 1}
+    if mixed:
+        what = "; ".join(f"{program}: " + ", ".join(f"'{source}' ({', '.join(variants)})"
+                                                    for source, variants in groups.items())
+                         for program, groups in mixed.items())
+        old = any(results.UNRECORDED in groups for groups in mixed.values())
+        raise cli.UserError(
+            f"refusing to fit FLOP counts of different sources in one line ({what})"
+            + (f"; '{results.UNRECORDED}' rows were written before FLOP sources were recorded" if old else "")
+            + f": re-run the sweep on one backend into a new --out, or filter the rows of {results.RESULTS_JSONL} "
+              "to one source")
+    return found
 
 
 def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, float | None]:
@@ -141,10 +228,14 @@ class Study:
     failed: dict[str, str]  # variant -> why
     energy: bool  # cost is Joules (True) or seconds (False)
     why_time_only: str
-    fits: dict[str, Any]  # 'train_step' / 'forward' -> {'line': Fit, 'plane': PlaneFit, 'correlation': {...}}
+    # 'train_step' / 'forward' -> {'line': Fit, 'weighted': Fit, 'dynamic_line': Fit | None,
+    # 'dynamic_weighted': Fit | None, 'plane': PlaneFit, 'correlation': {...}, 'correlation_bytes': {...}}
+    fits: dict[str, Any]
     cost_per_gflop: dict[str, dict[str, float]]  # variant -> {'train_step': J (or s) per GFLOP, 'forward': ...}
     projection: dict[str, dict[str, Any]]  # variant -> project()
     pareto: dict[str, Any]  # {'cost_key', 'points', 'front', 'knee'} or {'missing': why}
+    flops_sources: dict[str, dict[str, list[str]]] = dataclasses.field(default_factory=dict)  # flops_sources()
+    why_no_dynamic: str = ""  # why there are no dynamic (idle-subtracted) fits; "" when there are
 
     @property
     def unit(self) -> str:
@@ -180,14 +271,36 @@ def study(meta: dict[str, Any], rows: list[dict[str, Any]], failed: dict[str, st
     energy = all(r.get(column) is not None for r in rows for column in j_mean.values())
     why = "" if energy else "; ".join(sorted({r.get("energy_unavailable") or "a window without a figure"
                                               for r in rows if any(r.get(c) is None for c in j_mean.values())}))
-    result = Study(meta, rows, dict(failed or {}), energy, why, {}, {}, {}, {})
+    sources = flops_sources(rows)  # before anything is fitted: mixed sources are refused
+    dynamic_mean = {program: names.key(program, "dynamic_j_mean") for program in PROGRAMS}
+    if not energy:
+        why_no_dynamic = "a time-only study has no energy to subtract a baseline from"
+    elif any(r.get(column) is None for r in rows for column in dynamic_mean.values()):
+        why_no_dynamic = ("no idle baseline for " + ", ".join(r["variant"] for r in rows
+                                                               if any(r.get(c) is None for c in dynamic_mean.values()))
+                          + " (the sweep's idle_s was 0, or the rows predate dynamic Joules)")
+    else:
+        why_no_dynamic = ""
+    result = Study(meta, rows, dict(failed or {}), energy, why, fits={}, cost_per_gflop={}, projection={},
+                   pareto={}, flops_sources=sources, why_no_dynamic=why_no_dynamic)
     for program in PROGRAMS:
         flops = [r[names.key(program, "flops")] for r in rows]
         bytes_ = [r[names.key(program, "bytes_accessed")] for r in rows]
-        cost = [result.cost(r, program)[0] for r in rows]
-        result.fits[program] = {"line": fit_line(flops, cost), "plane": fit_plane(flops, bytes_, cost),
-                                "correlation": correlation(flops, cost),
-                                "correlation_bytes": correlation(bytes_, cost)}
+        cost, std = zip(*(result.cost(r, program) for r in rows))
+        windows = [r.get(names.key(program, "windows")) or 1 for r in rows]
+        fits = {"line": fit_line(flops, cost), "weighted": fit_weighted_line(flops, cost, std, windows),
+                "dynamic_line": None, "dynamic_weighted": None,
+                # No bytes where the count is not the running backend's ('xla-unoptimized'): FLOPs alone then.
+                "plane": fit_plane(flops, bytes_, cost) if None not in bytes_ else None,
+                "correlation": correlation(flops, list(cost)),
+                "correlation_bytes": correlation(bytes_, list(cost)) if None not in bytes_ else correlation([], [])}
+        if not why_no_dynamic:
+            dynamic = [r[dynamic_mean[program]] for r in rows]
+            dynamic_std = [r.get(names.key(program, "dynamic_j_std"), r.get(names.key(program, "j_std")))
+                           for r in rows]
+            fits |= {"dynamic_line": fit_line(flops, dynamic),
+                     "dynamic_weighted": fit_weighted_line(flops, dynamic, dynamic_std, windows)}
+        result.fits[program] = fits
         for r, f, c in zip(rows, flops, cost):
             result.cost_per_gflop.setdefault(r["variant"], {})[program] = c / (f / 1e9)
     grid = carbon.Grid(**meta["grid"])

@@ -3,9 +3,11 @@
 For every variant of a sweep config (configs/sweeps/): the variant's config is the sweep's base config with the
 sweep's and the variant's overrides; its train step and forward are compiled as training compiles them
 (sv_jax.programs: state replicated and donated, batch sharded over all local devices) and run on one random
-in-memory batch of the config's shape. Recorded: parameters, the checked FLOPs and bytes of one train step and one
-forward call, the step's memory, then repeated windows of back-to-back calls of each program (profiling.windows):
-seconds and Joules per call, mean and spread over the windows. Optionally the variant is also trained
+in-memory batch of the config's shape. Recorded: parameters, the checked FLOP and byte counts of one train step and
+one forward call (counted by XLA, not measured; each with its source, `<program>_flops_source`), the step's memory,
+then repeated windows of back-to-back calls of each program (profiling.windows): seconds and Joules per call, and
+the Joules above the idle baseline (`<program>_dynamic_j_mean` and `_dynamic_j_std`, where a baseline was taken),
+mean and spread over the windows. Optionally the variant is also trained
 (`python -m sv_jax.main` in a subprocess, <out>/train/<variant>) and its EER read from summary.json.
 
 Rows go to the results directory (profiling.study.results). A rerun skips variants whose latest row is done and
@@ -51,9 +53,16 @@ def _architecture(config) -> tuple[str, str]:
     return block, "-".join(map(str, num_blocks))
 
 
+def series_fields(program: str, series: windows_lib.WindowSeries) -> dict[str, Any]:
+    """A row's columns of `program`'s windows: WindowSeries.fields and the spread of the idle-subtracted Joules per
+    call (`<program>_dynamic_j_std`, for the study's weighted fit; None without an idle baseline)."""
+    return series.fields(program) | {names.key(program, "dynamic_j_std"): series.per_call(series.dynamic_j)[1]}
+
+
 def measure_variant(config: ml_collections.ConfigDict, setup: Settings, monitor: energy_lib.EnergyMonitor,
                     devices=None, status: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
-    """Counts, memory and steady-state windows of one config's train step and forward on `devices`."""
+    """FLOP and byte counts (XLA's), memory and measured steady-state windows of one config's train step and
+    forward on `devices`."""
     devices = list(devices or jax.local_devices())
     batch_size, frames = config.data.batch_size, config.data.num_frames
     status("compiling")
@@ -99,7 +108,8 @@ def measure_variant(config: ml_collections.ConfigDict, setup: Settings, monitor:
     for program, series in measured.items():
         row[names.key(program, "flops")] = cost[program].flops
         row[names.key(program, "bytes_accessed")] = cost[program].bytes_accessed
-        row |= series.fields(program)
+        row[names.key(program, "flops_source")] = cost[program].source
+        row |= series_fields(program, series)
     train_j = row[names.key(names.TRAIN_STEP, "j_mean")]
     row["energy_sources"] = "; ".join(f"{d}: {s}" for d, s in sorted(measured[names.TRAIN_STEP].sources.items()))
     row["energy_unavailable"] = "" if train_j is not None else monitor.unavailable_reason()
@@ -132,7 +142,8 @@ def train_variant(sweep: ml_collections.ConfigDict, overrides: Mapping[str, Any]
     profile_train = summary.get("profile", {}).get("train", {})
     return {"eer_percent": result["eer_percent"], "min_dcf_p01": result.get("min_dcf_p01"), "eer_trials": trials,
             "train_run_steps": summary["steps"], "train_run_seconds": summary["wall_seconds"],
-            "train_run_kwh": profile_train.get("kwh")}
+            # every (re)start of the run's measured windows (train.run), or this start's where older summaries lack it
+            "train_run_kwh": profile_train.get("run", {}).get("kwh", profile_train.get("kwh"))}
 
 
 # --- The sweep ----------------------------------------------------------------------------------------------------
@@ -172,9 +183,12 @@ def run_sweep(sweep: ml_collections.ConfigDict, out: str | os.PathLike, *, quick
     rows = results.read_rows(out)
     todo = [n for n in variants if rows.get(n, {}).get("status") != results.DONE]
     own_monitor = monitor is None
-    monitor = monitor or energy_lib.EnergyMonitor(poll_interval_s=0.1)
+    profile = sweeps.load_config_file(sweep.base_config).profile
+    # The boards behind the sweep's devices (profile.nvml_gpus), and RAPL; the idle baseline before any compilation.
+    monitor = monitor or energy_lib.EnergyMonitor(
+        [energy_lib.NvmlSensor(profile.nvml_gpus, devices=devices), energy_lib.RaplSensor()], poll_interval_s=0.1)
     if monitor.available and setup.idle_s > 0:
-        monitor.measure_idle(setup.idle_s)
+        monitor.measure_idle(setup.idle_s, settle_s=profile.idle_settle_s, parts=profile.idle_parts)
     bar = tqdm(total=len(variants), initial=len(variants) - len(todo), disable=not progress, unit="variant",
                desc=f"{sweep.name}{' (quick)' if quick else ''}", file=sys.stderr)
     try:

@@ -2,8 +2,9 @@
 
     study = write("results/depth")   # reads the rows, writes analysis.json, the plots and report.md
 
-Every figure says what it is: cost axes name Joules or seconds, projected figures say "projection", quick runs say
-"quick" in titles and at the top of the report.
+Every figure says what it is: cost axes name Joules or seconds, FLOP and byte figures are XLA's counts ("counted by
+XLA", never "measured") with their source per program, a fit's intercept is its "fit constant" (not an idle power),
+projected figures say "projection", quick runs say "quick" in titles and at the top of the report.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from profiling import names
 from profiling.study import analysis
+from profiling.study import results
 from profiling.study.analysis import Study
 
 _WHAT = {names.TRAIN_STEP: "train step", names.FORWARD: "forward call"}
@@ -51,19 +53,28 @@ def plot_flops_vs_cost(study: Study, program: str, path: pathlib.Path) -> None:
     ax.errorbar(gflops, mean, yerr=std, fmt="o", capsize=3, label="measured (mean ± sd over windows)")
     for r, x, y in zip(study.rows, gflops, mean):
         ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    fit = study.fits[program]["line"]
-    if fit is not None:
-        xs = [0.0, max(gflops) * 1.05]
-        ax.plot(xs, [fit.slope * 1e9 * x + fit.intercept for x in xs], "--", color="grey",
-                label=f"fit: {fit.slope * 1e9:.4g}·GFLOP {'+' if fit.intercept >= 0 else '−'} "
-                      f"{abs(fit.intercept):.3g}, R² {fit.r2:.3f}")
-    ax.set_xlabel(f"XLA GFLOP per {_WHAT[program]} (batch {study.rows[0]['batch_size']}"
+    xs = [0.0, max(gflops) * 1.05]
+
+    def line(fit, what, style, colour):
+        if fit is not None:
+            ax.plot(xs, [fit.slope * 1e9 * x + fit.fit_constant for x in xs], style, color=colour,
+                    label=f"{what}: {fit.slope * 1e9:.4g}·GFLOP {'+' if fit.fit_constant >= 0 else '−'} "
+                          f"{abs(fit.fit_constant):.3g} (fit constant), R² {fit.r2:.3f}")
+
+    fits = study.fits[program]
+    line(fits["line"], "fit", "--", "grey")
+    if fits.get("dynamic_weighted") is not None:
+        dynamic = [r[names.key(program, "dynamic_j_mean")] for r in study.rows]
+        ax.plot(gflops, dynamic, "s", color="C2", markersize=4, label="measured above idle (dynamic J, mean)")
+        line(fits["dynamic_weighted"], "dynamic, weighted fit", ":", "C2")
+    ax.set_xlabel(f"GFLOP per {_WHAT[program]}, counted by XLA (batch {study.rows[0]['batch_size']}"
                   + (", varies" if len({r['batch_size'] for r in study.rows}) > 1 else "") + ")")
     ax.set_ylabel(_cost_label(study, program))
     ax.set_title(_title(study, f"{'training' if program == names.TRAIN_STEP else 'inference'} FLOPs vs "
                                f"{'energy' if study.energy else 'time'}"), fontsize=10)
     ax.set_xlim(left=0)
-    ax.set_ylim(bottom=0)
+    if min(ax.get_ylim()) >= 0 or fits.get("dynamic_weighted") is None:
+        ax.set_ylim(bottom=0)  # dynamic Joules may be negative (a baseline above the load): keep them in view
     ax.legend(fontsize=7)
     _save(fig, path)
 
@@ -143,6 +154,19 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def _sources(study: Study) -> list[str]:
+    """Markdown lines: where each program's FLOP counts come from (one source per program, analysis.flops_sources)."""
+    sources = {program: list(study.flops_sources.get(program) or {results.UNRECORDED: []}) for program in _WHAT}
+    out = ["FLOPs and bytes are XLA's counts of the compiled programs (counted by XLA, not measured). FLOP source: "
+           + "; ".join(f"{_WHAT[program]}: " + ", ".join(f"`{s}`" for s in found)
+                       for program, found in sources.items()) + ".", ""]
+    if any(results.UNRECORDED in found for found in sources.values()):
+        out += ["> **FLOP source unrecorded**: these rows were written before sweeps recorded where their FLOP counts "
+                "come from (`train_step_flops_source`, `forward_flops_source`); they are fitted together on the "
+                "assumption that they share one. Re-run the sweep to record it.", ""]
+    return out
+
+
 def markdown(study: Study, images: dict[str, str]) -> str:
     meta, u = study.meta, study.unit
     settings, m = meta["settings"], meta["machine"]
@@ -163,7 +187,8 @@ def markdown(study: Study, images: dict[str, str]) -> str:
             f"{settings['warmup_steps']} warm-up call(s) excluded."
             + (f" Energy sources: {'; '.join(sources)}." if sources else ""), ""]
 
-    out += ["## Variants", ""]
+    out += ["## Variants", "", f"GFLOP and GB are counted by XLA; {'Joules' if study.energy else 'seconds'} are "
+            "measured (mean ± sd over windows).", ""]
     header = ["variant", "blocks", "width", "dtype", "batch × frames", "params (M)", "train GFLOP/step",
               "train GB/step", "forward GFLOP/utt", "activations (MB)", f"train {u}/step (mean ± sd)",
               f"train {u}/utt", f"forward {u}/utt (mean ± sd)", f"train {u}/GFLOP", "EER %"]
@@ -183,18 +208,39 @@ def markdown(study: Study, images: dict[str, str]) -> str:
     if any(r.get("window_warnings") for r in study.rows):
         out += ["Window warnings: " + "; ".join(w for r in study.rows for w in r.get("window_warnings", [])), ""]
 
-    out += [f"## FLOPs against {'energy' if study.energy else 'time'}", "",
-            f"Least squares over variants of {u} per call on XLA GFLOP per call (`{u} = a·GFLOP + b`), and on GFLOP "
-            "and GB accessed.", ""]
+    out += [f"## FLOPs against {'energy' if study.energy else 'time'}", ""] + _sources(study)
+    out += [f"Least squares over variants of {u} per call on GFLOP per call counted by XLA (`{u} = a·GFLOP + b`). "
+            "b is the **fit constant**: the line's value at zero FLOPs, the part of the cost per call that FLOPs do "
+            "not explain, a property of the fit that may come out negative. Weighted fits "
+            "weigh each variant by the inverse variance of its mean per-call figure (windows / sd², sd over its "
+            f"windows, floored at {analysis.STD_FLOOR_FRACTION:.0%} of the variant's mean); their R² is weighted too."
+            + (" Dynamic J is the energy above the idle baseline measured before the sweep (idle W × window seconds "
+               "subtracted)." if not study.why_no_dynamic else ""), ""]
+    if study.energy and study.why_no_dynamic:
+        out += [f"No dynamic (idle-subtracted) fits: {study.why_no_dynamic}.", ""]
+    table = []
+    quantities = [("line", f"{'J (idle included)' if study.energy else 's'}", "none"),
+                  ("weighted", f"{'J (idle included)' if study.energy else 's'}", "1/variance"),
+                  ("dynamic_line", "dynamic J (above idle)", "none"),
+                  ("dynamic_weighted", "dynamic J (above idle)", "1/variance")]
+    for program, what in _WHAT.items():
+        for key, quantity, weighting in quantities:
+            if key.startswith("dynamic") and study.why_no_dynamic:
+                continue
+            f = study.fits[program].get(key)
+            table.append([what, quantity, weighting, _num(f.slope * 1e9 if f else None, 4),
+                          _num(f.fit_constant if f else None, 4), _num(f.r2 if f else None, 4),
+                          str(f.n) if f else "–", str(f.floored) if f and f.weighted else "–"])
+    out += [_table(["program", "cost per call", "weighting", f"a ({u}/GFLOP)", f"fit constant b ({u}/call)", "R²",
+                    "variants", "sd floored"], table), ""]
     table = []
     for program, what in _WHAT.items():
-        f, plane, c = study.fits[program]["line"], study.fits[program]["plane"], study.fits[program]["correlation"]
-        table.append([what, _num(f.slope * 1e9 if f else None, 4), _num(f.intercept if f else None, 4),
-                      _num(f.r2 if f else None, 4), _num(c["pearson_r"], 4), _num(c["spearman_rho"], 4),
+        plane, c = study.fits[program]["plane"], study.fits[program]["correlation"]
+        table.append([what, _num(c["pearson_r"], 4), _num(c["spearman_rho"], 4),
                       _num(study.fits[program]["correlation_bytes"]["pearson_r"], 4),
                       _num(plane.r2 if plane else None, 4)])
-    out += [_table(["program", f"a ({u}/GFLOP)", f"b ({u}/call)", "R²", "Pearson r", "Spearman ρ",
-                    f"Pearson r ({u} vs bytes)", "R² with bytes"], table), ""]
+    out += [_table(["program", f"Pearson r ({u} vs FLOPs)", "Spearman ρ", f"Pearson r ({u} vs bytes)",
+                    "R² on FLOPs and bytes"], table), ""]
 
     out += ["## Accuracy against energy", ""]
     pareto = study.pareto

@@ -1,7 +1,13 @@
 """A sweep's results directory: rows in results.jsonl (append-only) and results.csv, pinned by sweep.json.
 
 Rows are one JSON object per measured variant; the latest row of a variant wins. results.jsonl survives a kill at
-any moment (sv_jax.reporting.append_jsonl); results.csv is rewritten atomically from the latest rows.
+any moment (sv_jax.reporting.append_jsonl); results.csv is rewritten atomically from the latest rows: its columns are
+those of the rows, so a column added later (e.g. `train_step_flops_source`) is empty in rows written before it.
+
+Each row names where its FLOP counts come from (`<program>_flops_source`: sv_jax.programs' `ProgramCost.source`,
+'xla' or a fallback's label, compared as an opaque string). `flops_source(row, program)` reads it from rows of every
+age: rows written before the per-program column carry only `flops_source` (both programs' sources joined), which
+stands for both programs and is compared as one string; rows older still say nothing and read as 'unrecorded'.
 """
 
 from __future__ import annotations
@@ -13,10 +19,17 @@ import pathlib
 from typing import Any, Iterable, Mapping
 
 import cli
+from profiling import names
 from sv_jax import reporting
 
 RESULTS_JSONL, RESULTS_CSV, META = "results.jsonl", "results.csv", "sweep.json"
 DONE = "done"
+UNRECORDED = "unrecorded"  # the FLOP source of a row written before sources were recorded
+
+
+def flops_source(row: Mapping[str, Any], program: str) -> str:
+    """Where `program`'s FLOP count in `row` comes from (see the module docstring); 'unrecorded' if nowhere."""
+    return row.get(names.key(program, "flops_source")) or row.get("flops_source") or UNRECORDED
 
 
 def read_rows(out: pathlib.Path) -> dict[str, dict[str, Any]]:
