@@ -1,7 +1,8 @@
 """The house's dependency rules (docs/design.md), checked on the import graph of the project's own files.
 
-Three layers, imports only downward: the meters (profiling/, except profiling/study/) import no sv_jax and no
-data_pipeline; the trainer (sv_jax/) uses the meters; the study (profiling/study/) uses both and nothing imports it.
+Three layers, imports only downward: the meters (profiling/, except the study layer) import no sv_jax and no
+data_pipeline; the trainer (sv_jax/) uses the meters; the study layer (profiling/study/ and the GPU acceptance
+command profiling/gpu_check/) uses both and nothing outside it imports it.
 Beneath them data_pipeline/ never imports jax or sv_jax, and cli/ (errors and the command runner) imports nothing of
 the project. No circle of files anywhere, and no two package folders whose modules import each other. The graph
 is read statically (every import statement, those inside functions too), so a lazy import cannot hide an edge; the
@@ -19,6 +20,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("cli", "configs", "data_pipeline", "profiling", "sv_jax")
 THIRD_PARTY_FORBIDDEN_IN_DATA = ("jax", "jaxlib", "flax", "optax", "orbax")
+STUDY_LAYER = ("profiling.study", "profiling.gpu_check")  # import anything; nothing outside them imports them
 
 
 def module_name(root: pathlib.Path, path: pathlib.Path) -> str:
@@ -56,8 +58,12 @@ def import_graph(root: pathlib.Path, packages=PACKAGES) -> tuple[dict[str, set[s
     return graph, external
 
 
+def _in_study_layer(module: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in STUDY_LAYER)
+
+
 def _is_meter(module: str) -> bool:
-    return module.split(".")[0] == "profiling" and not module.startswith("profiling.study")
+    return module.split(".")[0] == "profiling" and not _in_study_layer(module)
 
 
 def _folder(module: str, graph: dict[str, set[str]]) -> str:
@@ -106,7 +112,7 @@ def violations(graph: dict[str, set[str]], external: dict[str, set[str]]) -> lis
             top = target.split(".")[0]
             if _is_meter(module) and top in ("sv_jax", "data_pipeline", "configs"):
                 out.append(f"meter {module} imports {target}")
-            if target.startswith("profiling.study") and not module.startswith("profiling.study"):
+            if _in_study_layer(target) and not _in_study_layer(module):
                 out.append(f"{module} imports the study layer ({target})")
             if module.split(".")[0] == "cli":
                 out.append(f"cli module {module} imports {target}")
@@ -144,6 +150,8 @@ def test_the_layers_are_what_the_design_says():
     # The trainer uses the meters; the study uses the trainer and the meters.
     assert any(_is_meter(t) for t in graph["sv_jax.run_profiler"])
     assert "sv_jax.programs" in graph["profiling.study.measure"] and "profiling.windows" in graph["profiling.study.measure"]
+    assert "sv_jax.programs" in graph["profiling.gpu_check.checks"] and not any(
+        _is_meter(m) for m in graph if m.startswith("profiling.gpu_check"))
 
 
 @pytest.mark.parametrize("plant, expected", [
@@ -151,6 +159,8 @@ def test_the_layers_are_what_the_design_says():
     ({"profiling/carbon.py": "def f():\n    from data_pipeline import audio\n"},
      "meter profiling.carbon imports data_pipeline.audio"),
     ({"sv_jax/train.py": "from profiling.study import report\n"}, "sv_jax.train imports the study layer"),
+    ({"profiling/energy.py": "def f():\n    from profiling.gpu_check import checks\n"},
+     "profiling.energy imports the study layer (profiling.gpu_check"),
     ({"sv_jax/a.py": "from sv_jax import b\n", "sv_jax/b.py": "from sv_jax import a\n"},
      "import cycle: sv_jax.a -> sv_jax.b"),
     ({"profiling/study/report.py": "from profiling.study import analysis\n",
@@ -160,7 +170,8 @@ def test_the_layers_are_what_the_design_says():
      "package folders sv_jax.models and sv_jax.optim import each other"),
 ])
 def test_each_rule_fails_when_broken(tmp_path, plant, expected):
-    for package in ("cli", "data_pipeline", "profiling", "profiling/study", "sv_jax", "sv_jax/models", "sv_jax/optim"):
+    for package in ("cli", "data_pipeline", "profiling", "profiling/study", "profiling/gpu_check", "sv_jax",
+                    "sv_jax/models", "sv_jax/optim"):
         (tmp_path / package).mkdir(parents=True, exist_ok=True)
         (tmp_path / package / "__init__.py").write_text("")
     (tmp_path / "sv_jax/models/c.py").write_text("")
@@ -191,6 +202,9 @@ def _modules_after_import(*modules: str) -> set[str]:
      ("sv_jax", "data_pipeline", "tensorflow", "profiling.study")),
     # The study's GPU-side commands measure the trainer's programs without TensorFlow.
     (("profiling.study.benchmark", "profiling.study.measure", "profiling.study.analysis"), ("tensorflow",)),
+    (("profiling.gpu_check.checks",), ("tensorflow",)),
+    # The GPU check's report builder is pure Python: canned results need no jax.
+    (("profiling.gpu_check.report",), ("jax", "sv_jax", "numpy")),
 ])
 def test_what_importing_really_loads(modules, forbidden):
     loaded = _modules_after_import(*modules)
