@@ -207,6 +207,18 @@ class EnergyMonitor:
         end = self._edge()
         return self._measure(name, self._windows.pop(name), end)
 
+    def roll_window(self, name: str, sync: Any = None) -> EnergyMeasurement:
+        """Ends window `name` and opens the next window of that name at the same edge (one synchronisation, one
+        set of sensor reads: back-to-back windows share their edge); raises KeyError if it is not open."""
+        if name not in self._windows:
+            raise KeyError(f"no open energy window {name!r}; open: {sorted(self._windows)}")
+        self._synchronise(sync)
+        edge = self._edge()
+        measurement = self._measure(name, self._windows[name], edge)
+        # A read that failed at this edge would leave the next window without a start as well: read again for it.
+        self._windows[name] = self._edge() if self._counter_domains - edge.counter_j.keys() else edge
+        return measurement
+
     @contextlib.contextmanager
     def window(self, name: str, sync: Any = None) -> Iterator[WindowHandle]:
         """`with monitor.window("eval", sync=fn) as w: ...` then `w.measurement`. The block's results do not exist at

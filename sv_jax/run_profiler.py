@@ -207,6 +207,7 @@ class RunProfiler(NullProfiler):
         self.eval_record: WindowRecord | None = None
         self.idle_w: dict[str, float] = dict(self.monitor.idle_w)
         self.sync_seconds = 0.0  # time spent waiting for the device at window edges (the benchmark subtracts it)
+        self._edges = 0  # window edges so far (names the barrier of each)
 
     # -- start and end ------------------------------------------------------------------------------------------
 
@@ -284,14 +285,18 @@ class RunProfiler(NullProfiler):
 
     def _edge(self, done_step: int, done_outputs: Any) -> None:
         if self._window_start is not None and done_step - self._window_start >= self.config.window_steps:
-            self._close_window(done_step, done_outputs)
+            self._close_window(done_step, done_outputs, reopen=True)  # the next window starts at the same edge
         if self._window_start is None and done_step - self._first_step + 1 >= self.config.skip_steps:
             self.monitor.begin_window(TRAIN_WINDOW, sync=lambda: self._sync(done_outputs))
             self._window_start = done_step
 
     def _sync(self, outputs: Any) -> None:
+        """Blocks on `outputs`; with several processes, then waits for every process to reach the same edge, so
+        that all of them read their sensors at the same time and their windows span the same interval."""
         start = time.perf_counter()
         jax.block_until_ready(outputs)
+        self._edges += 1
+        job_meter.barrier(f"sv_jax.run_profiler.edge_{self._edges}", self.job.layout.process_count)
         self.sync_seconds += time.perf_counter() - start
 
     @contextlib.contextmanager
@@ -309,12 +314,14 @@ class RunProfiler(NullProfiler):
         self._stop_trace(outputs)
         self._close_window(step, outputs)
 
-    def _close_window(self, step: int, outputs: Any) -> None:
-        """Ends the open training window at `step`: recorded if it holds steps, dropped if it opened at `step`."""
+    def _close_window(self, step: int, outputs: Any, reopen: bool = False) -> None:
+        """Ends the open training window at `step`: recorded if it holds steps, dropped if it opened at `step`.
+        With `reopen` the next window opens at the same edge."""
         if self._window_start is None:
             return
-        start, self._window_start = self._window_start, None
-        measurement = self.monitor.end_window(TRAIN_WINDOW, sync=lambda: self._sync(outputs))
+        start, self._window_start = self._window_start, step if reopen else None
+        end = self.monitor.roll_window if reopen else self.monitor.end_window
+        measurement = end(TRAIN_WINDOW, sync=lambda: self._sync(outputs))
         if step == start:
             return
         steps = step - start

@@ -353,3 +353,30 @@ def test_idle_baseline_waits_to_settle_and_records_its_spread():
     clock = FakeClock()
     unsettled = _monitor(FakeSensor({"gpu0": power}, clock), clock=clock)
     assert unsettled.measure_idle(4.0, parts=4, sleep=clock.advance)["gpu0"] > 100.0
+
+
+def test_rolled_windows_share_their_edge_and_a_failed_read_spoils_only_one():
+    class Flaky(FakeSensor):
+        fail_next_read = False
+
+        def read_j(self):
+            self.failing, self.fail_next_read = self.fail_next_read, False
+            return super().read_j()
+
+    clock = FakeClock()
+    sensor = Flaky({"gpu0": 80.0}, clock)
+    monitor = _monitor(sensor, clock=clock)
+    monitor.begin_window("w")
+    clock.advance(2.0)
+    first = monitor.roll_window("w")
+    clock.advance(3.0)
+    second = monitor.roll_window("w")
+    assert (first.seconds, second.seconds) == (2.0, 3.0)
+    assert first.gpu_j["gpu0"] + second.gpu_j["gpu0"] == pytest.approx(80.0 * 5.0)
+    clock.advance(1.0)
+    sensor.fail_next_read = True  # the edge that ends the third window fails; the fourth starts on a fresh read
+    third = monitor.roll_window("w")
+    clock.advance(1.0)
+    fourth = monitor.end_window("w")
+    assert "gpu0" not in third.gpu_j and not third.complete
+    assert fourth.gpu_j["gpu0"] == pytest.approx(80.0 * 1.0) and fourth.complete
