@@ -105,7 +105,9 @@ def test_two_processes_train_like_one_and_stop_together_on_sigterm(corpus_root, 
     measured = summary["profile"]["train"]  # the job's power: 150 W, not 300 W (both processes) or 0 W
     assert measured["energy_j"] / measured["seconds_measured"] == pytest.approx(150.0, rel=0.01)
     assert measured["mfu"] is None or measured["mfu"] > 0
-    assert [len(m["boards"]) for m in summary["profile"]["meters"]] == [2, 0]
+    first, second = summary["profile"]["meters"]
+    assert [b["domain"] for b in first["boards"]] == ["gpu0", "gpu1"] and second["boards"] == []
+    assert "metered by process 0 of" in second["left_to_another_process"]["nvml"]
     assert len(summary["devices"]) == 4
     # Only process 0 writes events (one file per start) and summaries; both took part in the checkpoints.
     assert len(list(workdir.glob("events.out.tfevents.*"))) == 2
