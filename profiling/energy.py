@@ -132,8 +132,9 @@ class EnergyMonitor:
     """Named, possibly nested or overlapping, energy windows over a set of sensors (Zeus's begin/end_window).
 
     Args:
-        sensors: sensors to use; None auto-detects NVML GPUs and RAPL. Unavailable ones are dropped and their reasons
-            kept in `unavailable`.
+        sensors: sensors to use; None auto-detects NVML GPUs (the boards CUDA_VISIBLE_DEVICES shows: NvmlSensor's
+            'visible'; pass `NvmlSensor('jax')` for the boards behind JAX's devices) and RAPL. Unavailable ones are
+            dropped and their reasons kept in `unavailable`.
         poll_interval_s: sampling period for power sensors (and gap detection).
         clock: seconds, monotonic; tests inject a `FakeClock`.
         sync: default synchronisation at window edges: a callable, or arrays/pytrees for `jax.block_until_ready`.
