@@ -23,25 +23,25 @@ def test_8bit_reversible_run_resumes_from_a_checkpoint_to_the_same_parameters(co
     config.model.reversible = reversible
     config.optim.name = optimizer
     config.optim.state_bits = 8
-    config.train.keep_checkpoints = 10  # steps 3, 6, 9, 12
+    config.train.num_epochs = 3  # 9 steps (of tiny's 3 per epoch): the margin ramp included, fewer slow -O0 steps
+    config.train.keep_checkpoints = 10  # steps 3, 6, 9
     straight = tmp_path / "straight"
     summary = train.train_and_evaluate(config, str(straight))
-    assert summary["steps"] == 12 and np.isfinite(summary["train"]["loss"])
+    assert summary["steps"] == 9 and np.isfinite(summary["train"]["loss"])
 
     checkpointer = checkpoint_lib.Checkpointer(straight)
-    raw = checkpointer.restore_raw(12)
+    raw = checkpointer.restore_raw(9)
     dtypes = {np.asarray(leaf).dtype for leaf in jax.tree_util.tree_leaves(raw["opt_state"])}
     assert np.dtype(np.uint8) in dtypes, f"no uint8 optimizer state in the checkpoint: {dtypes}"
 
     # A run stopped after step 6: same workdir content up to there; rerunning resumes and continues the stream.
     stopped = tmp_path / "stopped"
     shutil.copytree(straight, stopped)
-    for step in (9, 12):
-        shutil.rmtree(stopped / "checkpoints" / str(step))
+    shutil.rmtree(stopped / "checkpoints" / "9")
     (stopped / "summary.json").unlink()
     summary = train.train_and_evaluate(config, str(stopped))
-    assert summary["resumed_from_step"] == 6 and summary["steps"] == 12
-    resumed = checkpoint_lib.Checkpointer(stopped).restore_raw(12)
+    assert summary["resumed_from_step"] == 6 and summary["steps"] == 9
+    resumed = checkpoint_lib.Checkpointer(stopped).restore_raw(9)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                            resumed["params"], raw["params"])
-    assert json.loads((stopped / "summary.json").read_text())["steps"] == 12
+    assert json.loads((stopped / "summary.json").read_text())["steps"] == 9
