@@ -68,6 +68,10 @@ def get_config():
     loss.final_margin = 0.2
     loss.increase_start_epoch = 20
     loss.fix_start_epoch = 40
+    # The same two points as fractions of training (0-1; None: the epochs above apply): the margin starts rising
+    # after `increase_start_fraction` of the run and is fixed after `fix_start_fraction`, whatever num_epochs is.
+    loss.increase_start_fraction = config_dict.placeholder(float)
+    loss.fix_start_fraction = config_dict.placeholder(float)
     loss.increase_type = "exp"  # 'exp' | 'linear'
 
     config.optim = optim = ml_collections.ConfigDict()
@@ -76,6 +80,7 @@ def get_config():
     optim.initial_lr = 0.1
     optim.final_lr = 5e-5
     optim.warmup_epochs = 6.0
+    optim.warmup_fraction = config_dict.placeholder(float)  # warm-up as a fraction of training (None: warmup_epochs)
     optim.warm_from_zero = True
     optim.scale_lr_by_batch = True  # multiply the schedule by global batch / 64, as WeSpeaker does
     optim.momentum = 0.9

@@ -32,9 +32,11 @@ def get_config():
     config.optim.initial_lr = 2e-3
     config.optim.final_lr = 1e-4
     config.optim.scale_lr_by_batch = False
-    config.optim.warmup_epochs = 1.0
-    config.loss.increase_start_epoch = 3
-    config.loss.fix_start_epoch = 7
+    # As fractions of training, so that a longer (or shorter) demo keeps its shape: at 10 epochs, 1 epoch of warm-up
+    # and the margin rising over epochs 3-7, as before; at 100 epochs, 10 and 21-61 (epochs counted from 1).
+    config.optim.warmup_fraction = 0.1
+    config.loss.increase_start_fraction = 0.2
+    config.loss.fix_start_fraction = 0.6
 
     config.train.log_every_steps = 20
     config.train.checkpoint_every_steps = 100

@@ -18,6 +18,9 @@ def get_config():
     config.model.width = 4
     config.model.embed_dim = 16
     config.train.num_epochs = 4  # 24 utterances / batch 8 = 3 steps per epoch, 12 steps
+    # Epoch-based schedules (the demo's fractions off): tests of resuming and of 1 vs 4 devices rely on them.
+    config.optim.warmup_fraction = None
+    config.loss.increase_start_fraction = config.loss.fix_start_fraction = None
     config.optim.warmup_epochs = 1.0
     config.loss.increase_start_epoch = 2
     config.loss.fix_start_epoch = 3

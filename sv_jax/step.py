@@ -78,14 +78,39 @@ class TrainComponents(NamedTuple):
     skip_nonfinite: bool = False
 
 
+def schedule_epochs(config) -> tuple[float, float, float]:
+    """(warm-up epochs, margin increase start epoch, margin fix epoch), epochs counted from 1 for the margin as in
+    WeSpeaker: from `optim.warmup_fraction` and `loss.*_fraction` of `train.num_epochs` where set, else the epochs."""
+    epochs, optim_config, loss = config.train.num_epochs, config.optim, config.loss
+    fractions = {"optim.warmup_fraction": optim_config.get("warmup_fraction"),
+                 "loss.increase_start_fraction": loss.get("increase_start_fraction"),
+                 "loss.fix_start_fraction": loss.get("fix_start_fraction")}
+    for key, value in fractions.items():
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"config {key}={value!r} must be a fraction of training in [0, 1] (or None to use the "
+                              "epochs)")
+    warmup = optim_config.warmup_epochs if fractions["optim.warmup_fraction"] is None else (
+        fractions["optim.warmup_fraction"] * epochs)
+    start = loss.increase_start_epoch if fractions["loss.increase_start_fraction"] is None else (
+        1 + fractions["loss.increase_start_fraction"] * epochs)
+    fix = loss.fix_start_epoch if fractions["loss.fix_start_fraction"] is None else (
+        1 + fractions["loss.fix_start_fraction"] * epochs)
+    if fix < start:
+        raise ConfigError(f"the margin is fixed (epoch {fix:g}) before it starts rising (epoch {start:g}): set "
+                          "loss.fix_start_epoch / loss.fix_start_fraction after loss.increase_start_*")
+    return warmup, start, fix
+
+
 def create_train_components(config, num_classes: int, steps_per_epoch: int, global_batch: int, *,
                       unroll_scans: bool = False) -> TrainComponents:
     """The config's model, optimizer, learning-rate and margin schedules (`unroll_scans`: models.create_model), and
     whether a non-finite step is skipped (`train.on_nonfinite`)."""
-    learning_rate_fn = optim.create_schedule(config.optim, steps_per_epoch, config.train.num_epochs, global_batch)
+    warmup_epochs, increase_start_epoch, fix_start_epoch = schedule_epochs(config)
+    learning_rate_fn = optim.create_schedule(config.optim, steps_per_epoch, config.train.num_epochs, global_batch,
+                                             warmup_epochs=warmup_epochs)
     margin_fn = models.margin_schedule(config.loss.initial_margin, config.loss.final_margin,
-                                       config.loss.increase_start_epoch, config.loss.fix_start_epoch,
-                                       steps_per_epoch, config.loss.increase_type)
+                                       increase_start_epoch, fix_start_epoch, steps_per_epoch,
+                                       config.loss.increase_type)
     if config.train.on_nonfinite not in ("stop", "skip"):
         raise ConfigError(f"train.on_nonfinite must be 'stop' or 'skip', got {config.train.on_nonfinite!r}")
     return TrainComponents(models.create_model(config.model, num_classes, unroll_scans=unroll_scans),

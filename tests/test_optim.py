@@ -71,3 +71,45 @@ def test_adam_and_adamw_step():
         updates, _ = tx.update(grads, tx.init(params), params)
         # First Adam step moves every coordinate by lr against the sign of its gradient.
         np.testing.assert_allclose(updates["w"], -0.1 * np.sign(grads["w"]), rtol=1e-4)
+
+
+def test_the_demos_schedules_are_fractions_of_training():
+    """configs/demo.py at its 10 epochs keeps its schedules (1 epoch of warm-up, the margin rising over epochs 3-7);
+    with num_epochs=100 they stretch, instead of applying the full margin from the 21st step of 300 (issue 15)."""
+    import numpy as np
+
+    from configs import demo
+    from sv_jax import models
+    from sv_jax import step as step_lib
+
+    config = demo.get_config()
+    steps_per_epoch = 37
+    assert step_lib.schedule_epochs(config) == pytest.approx((1.0, 3.0, 7.0))
+    by_epoch = models.margin_schedule(0.0, 0.2, 3, 7, steps_per_epoch)
+    lr_by_epoch = optim.create_schedule(config.optim, steps_per_epoch, 10, 64, warmup_epochs=1.0)
+    components = step_lib.create_train_components(config, 10, steps_per_epoch, 64)
+    steps = np.arange(0, 10 * steps_per_epoch)
+    np.testing.assert_allclose(components.margin_fn(steps), by_epoch(steps))
+    np.testing.assert_allclose(components.learning_rate_fn(steps), lr_by_epoch(steps))
+
+    config.train.num_epochs = 100
+    warmup, start, fix = step_lib.schedule_epochs(config)
+    assert (warmup, start, fix) == pytest.approx((10.0, 21.0, 61.0))
+    margin = step_lib.create_train_components(config, 10, 3, 64).margin_fn
+    assert float(margin(20)) == 0.0 and float(margin(0.2 * 300 - 1)) == 0.0  # nothing yet at step 21 of 300
+    assert float(margin(0.6 * 300)) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("optim.warmup_fraction", 1.5, r"optim.warmup_fraction=1.5 must be a fraction of training in \[0, 1\]"),
+    ("loss.fix_start_fraction", 0.1, "the margin is fixed .* before it starts rising")])
+def test_bad_schedule_fractions_name_their_key(key, value, message):
+    from cli import ConfigError
+    from configs import demo
+    from sv_jax import step as step_lib
+
+    config = demo.get_config()
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(ConfigError, match=message):
+        step_lib.schedule_epochs(config)

@@ -15,13 +15,16 @@ STATE_BITS = (32, 8)
 __all__ = ["OPTIMIZERS", "STATE_BITS", "create_optimizer", "create_schedule", "exponential_decrease"]
 
 
-def create_schedule(optim_config, steps_per_epoch: int, num_epochs: int, global_batch_size: int):
-    """The config's learning-rate schedule; `optim.scale_lr_by_batch` scales it by global_batch/64 (WeSpeaker)."""
+def create_schedule(optim_config, steps_per_epoch: int, num_epochs: int, global_batch_size: int, *,
+                    warmup_epochs: float | None = None):
+    """The config's learning-rate schedule; `optim.scale_lr_by_batch` scales it by global_batch/64 (WeSpeaker).
+    `warmup_epochs` overrides `optim.warmup_epochs` (sv_jax.step.schedule_epochs resolves `optim.warmup_fraction`)."""
     if optim_config.schedule != "exponential_decrease":
         raise ConfigError(f"unknown optim.schedule {optim_config.schedule!r}; choose 'exponential_decrease'")
     scale = global_batch_size / 64.0 if optim_config.scale_lr_by_batch else 1.0
     return exponential_decrease(optim_config.initial_lr, optim_config.final_lr, num_epochs, steps_per_epoch,
-                                warmup_epochs=optim_config.warmup_epochs, scale_ratio=scale,
+                                warmup_epochs=optim_config.warmup_epochs if warmup_epochs is None else warmup_epochs,
+                                scale_ratio=scale,
                                 warm_from_zero=optim_config.warm_from_zero)
 
 
