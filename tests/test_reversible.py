@@ -9,6 +9,8 @@ import numpy as np
 import optax
 import pytest
 
+from profiling.gpu_check import parity
+
 from profiling import xla_cost, xla_memory
 from sv_jax import commands, models, step as step_lib
 from sv_jax.models import macs as macs_lib
@@ -26,24 +28,7 @@ def _normal(shape, seed: int) -> jax.Array:
     return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
 
 
-def _fill(tree, seed: int):
-    """Concrete variables for an abstract variable tree, without compiling an initializer: conv and dense weights
-    N(0, 1/fan_in), BN scales and biases near 1 and 0, running variances positive."""
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, spec):
-        name, shape = jax.tree_util.keystr(path), spec.shape
-        noise = 0.1 * rng.normal(size=shape)
-        if "'var'" in name:
-            return jnp.asarray(1.0 + np.abs(noise), spec.dtype)
-        if "'scale'" in name:
-            return jnp.asarray(1.0 + noise, spec.dtype)
-        if "'mean'" in name or "'bias'" in name:
-            return jnp.asarray(noise, spec.dtype)
-        fan_in = int(np.prod(shape[-4:-1])) if "kernel" in name and len(shape) >= 4 else shape[0]
-        return jnp.asarray(rng.normal(size=shape) / np.sqrt(fan_in), spec.dtype)
-
-    return jax.tree_util.tree_map_with_path(leaf, tree)
+_fill = parity.filled_variables  # conv and dense weights N(0, 1/fan_in), BN near 1 and 0, no initializer compiled
 
 
 def _stage_variables(num_blocks: int, convs, seed: int) -> dict:

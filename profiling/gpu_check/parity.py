@@ -37,7 +37,7 @@ def _normal(shape, seed: int) -> jax.Array:
     return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
 
 
-def _filled(tree, seed: int):
+def filled_variables(tree, seed: int):
     """Concrete variables for an abstract tree, as the tests fill them: kernels N(0, 1/fan_in), BN scales ~1,
     biases and means ~0, variances > 0 (no initializer to compile)."""
     rng = np.random.default_rng(seed)
@@ -59,7 +59,7 @@ def _filled(tree, seed: int):
 def _stage_params(num_blocks: int, convs, seed: int):
     stage = rev.ReversibleStage(num_blocks, convs, resnet.torch_default_kernel_init)
     x = jax.ShapeDtypeStruct((1, 4, 4, 2 * convs[0][1]), jnp.float32)
-    return _filled(jax.eval_shape(lambda v: stage.init(jax.random.key(0), v, None, False), x), seed)["params"]
+    return filled_variables(jax.eval_shape(lambda v: stage.init(jax.random.key(0), v, None, False), x), seed)["params"]
 
 
 def plain_stage(params, x, unroll: bool = False):
@@ -106,7 +106,7 @@ def model_gradients(mode: str, block: str, num_blocks) -> tuple[float, float]:
     stages differentiated by plain autodiff (rev.reversible_stage patched while that copy is traced)."""
     model = resnet.ResNet(block=block, num_blocks=num_blocks, width=8, embed_dim=16, reversible=mode)
     feats, weights = _normal((4, 40, 24), seed=5), _normal((4, 16), seed=6)
-    variables = _filled(jax.eval_shape(model.init, jax.random.key(0), feats), seed=7)
+    variables = filled_variables(jax.eval_shape(model.init, jax.random.key(0), feats), seed=7)
 
     def grads():  # a new function each time: the patched copy must be traced afresh, not found in a cache
         def loss(params, x):
