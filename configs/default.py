@@ -58,6 +58,9 @@ def get_config():
     # 'none' | 'partial' (shape-preserving blocks become RevNet couplings: their activations are recomputed in the
     # backward pass, not stored) | 'full' (stage transitions invertible too). Reversible stages compute in float32.
     model.reversible = "none"
+    # Convolutions on CPU: 'auto' (oneDNN where it builds, float32; XLA's otherwise and on GPUs), 'onednn' (an error
+    # where it cannot), 'xla' (XLA's everywhere). sv_jax/models/cpu_conv.py
+    model.cpu_conv = "auto"
     model.head = ml_collections.ConfigDict()
     model.head.type = "arc_margin"
     model.head.scale = 32.0

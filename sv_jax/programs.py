@@ -14,7 +14,9 @@ forward is 2 FLOPs per multiply-add, a train step three times that (the forward,
 the activations and to the weights, each as many products). Where XLA's count is under 90% of the floor (cuDNN's -1
 on GPU), the FLOPs of the program as lowered, before optimisation, are used instead, with no byte count, and
 labelled so (profiling.xla_cost). Reversible models (`model.reversible`) run their couplings in a lax.scan whose body
-XLA counts once: they are always counted on a copy lowered with the scans unrolled, compiled for the same devices.
+XLA counts once, and oneDNN's convolutions on CPU (sv_jax.models.cpu_conv) are custom calls that XLA does not count:
+such programs are always counted on a copy lowered with the scans unrolled and XLA's convolutions, compiled for the
+same devices (the same arithmetic; the note says which).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 
 from profiling import xla_cost
 from sv_jax import parallel
+from sv_jax import models
 from sv_jax import step as step_lib
 from sv_jax.models import macs as macs_lib
 
@@ -36,6 +39,7 @@ from sv_jax.models import macs as macs_lib
 # bytes accessed by +9% at 8 (the state's reads and writes are shared by fewer utterances).
 COUNTING_BATCH_SIZE = 8
 SCANS_UNROLLED = "reversible stages' scans unrolled for counting"
+XLA_CONVS = "counted with XLA's convolutions in place of oneDNN's (custom calls carry no count)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,19 +57,19 @@ class LoweredPrograms:
 
 def lower_programs(config, batch_size: int, num_classes: int, devices: Sequence[jax.Device] | None = None, *,
                    steps_per_epoch: int | None = None, forward_batch_size: int | None = None,
-                   unroll_scans: bool = False) -> LoweredPrograms:
+                   for_counting: bool = False) -> LoweredPrograms:
     """Lowers the config's train step and forward for `devices` (default: all, of all processes).
 
     `steps_per_epoch` sets the schedules' constants (default `train.steps_per_epoch`, or 1000: a schedule is a scalar
-    function of the step, so its length does not change the program's cost). `unroll_scans` lowers a reversible model
-    for counting, not as training runs it.
+    function of the step, so its length does not change the program's cost). `for_counting` lowers the model as XLA
+    counts it (models.create_model), not as training runs it.
     """
     mesh = parallel.create_mesh(devices)
     parallel.check_global_batch(batch_size, mesh)
     forward_batch_size = forward_batch_size or batch_size
     components = step_lib.create_train_components(config, num_classes,
                                                   steps_per_epoch or config.train.steps_per_epoch or 1000,
-                                                  batch_size, unroll_scans=unroll_scans)
+                                                  batch_size, for_counting=for_counting)
     feat_shape = (config.data.num_frames, config.data.num_mel_bins)
     state = jax.eval_shape(lambda: step_lib.create_train_state(jax.random.key(0), components.model, components.tx,
                                                                feat_shape))
@@ -132,10 +136,12 @@ class CompiledPrograms:
             return self.lowered
         lowered = self.lowered
         return lower_programs(self.config, lowered.batch_size, self.num_classes, list(self.mesh.devices.flat),
-                              forward_batch_size=lowered.forward_batch_size, unroll_scans=True)
+                              forward_batch_size=lowered.forward_batch_size, for_counting=True)
 
     def _always_fallback(self) -> str:
-        return SCANS_UNROLLED if self.config.model.reversible != "none" else ""
+        reasons = (SCANS_UNROLLED if self.config.model.reversible != "none" else "",
+                   XLA_CONVS if models.conv_lowering(self.config.model) == "onednn" else "")
+        return "; ".join(r for r in reasons if r)
 
     @functools.cached_property
     def train_step_cost(self) -> xla_cost.ProgramCost:

@@ -102,8 +102,8 @@ def schedule_epochs(config) -> tuple[float, float, float]:
 
 
 def create_train_components(config, num_classes: int, steps_per_epoch: int, global_batch: int, *,
-                      unroll_scans: bool = False) -> TrainComponents:
-    """The config's model, optimizer, learning-rate and margin schedules (`unroll_scans`: models.create_model), and
+                      for_counting: bool = False) -> TrainComponents:
+    """The config's model, optimizer, learning-rate and margin schedules (`for_counting`: models.create_model), and
     whether a non-finite step is skipped (`train.on_nonfinite`)."""
     warmup_epochs, increase_start_epoch, fix_start_epoch = schedule_epochs(config)
     learning_rate_fn = optim.create_schedule(config.optim, steps_per_epoch, config.train.num_epochs, global_batch,
@@ -113,7 +113,7 @@ def create_train_components(config, num_classes: int, steps_per_epoch: int, glob
                                        config.loss.increase_type)
     if config.train.on_nonfinite not in ("stop", "skip"):
         raise ConfigError(f"train.on_nonfinite must be 'stop' or 'skip', got {config.train.on_nonfinite!r}")
-    return TrainComponents(models.create_model(config.model, num_classes, unroll_scans=unroll_scans),
+    return TrainComponents(models.create_model(config.model, num_classes, for_counting=for_counting),
                      optim.create_optimizer(config.optim, learning_rate_fn), learning_rate_fn, margin_fn,
                      skip_nonfinite=config.train.on_nonfinite == "skip")
 

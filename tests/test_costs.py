@@ -95,7 +95,7 @@ def test_reversible_models_are_counted_with_every_coupling(mode):
     config = _small_config("bottleneck")
     config.model.num_blocks, config.model.reversible = (1, 4, 1, 1), mode
     report = costs.flops_report(config, batch_size=8, devices=jax.devices()[:1])
-    assert report.flops_source == "xla" and report.flops_note == programs_lib.SCANS_UNROLLED
+    assert report.flops_source == "xla" and programs_lib.SCANS_UNROLLED in report.flops_note
     assert report.forward_flops_per_utt == pytest.approx(report.forward_flops_per_utt_analytic, rel=0.08)
     assert report.forward_flops_per_utt_unoptimized == pytest.approx(report.forward_flops_per_utt_analytic,
                                                                      rel=0.08)

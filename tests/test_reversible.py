@@ -13,6 +13,7 @@ from profiling.gpu_check import parity
 
 from profiling import xla_cost, xla_memory
 from sv_jax import commands, models, step as step_lib
+from sv_jax.models import cpu_conv
 from sv_jax.models import macs as macs_lib
 from sv_jax.models import resnet
 from sv_jax.models import reversible as rev
@@ -53,13 +54,21 @@ def _plain_stage(params: rev.Params, x: jax.Array):
     return y, batch_stats
 
 
-def test_inversion_at_resnet293_depth():
+# The stage functions with each convolution lowering (sv_jax.models.cpu_conv): reconstruction must stay exact.
+CONVS = {"xla": jax.lax.conv_general_dilated,
+         "onednn": pytest.param(cpu_conv.conv_general_dilated, marks=pytest.mark.skipif(
+             bool(cpu_conv.unavailable_reason()), reason="oneDNN convolutions unavailable"))}
+
+
+@pytest.mark.parametrize("conv", list(CONVS.values()), ids=list(CONVS))
+def test_inversion_at_resnet293_depth(conv):
     """64 bottleneck couplings (ResNet293's third stage, here 16 channels) reconstruct their input, at unit scale
     (an ordinary block's output, what 'partial' feeds stage 3) and at the scale of the grown stream 'full' feeds
     it. Bit for bit on CPU, thanks to the rounding residue: without it the float32 stream loses ~2e-4 at unit scale
     (the inverse's conditioning: inverting the float32 output in float64 gives the same)."""
     params = _stage_params(64, rev.coupling_convs("full", "bottleneck", 16, 8), seed=0)
-    forward, inverse = jax.jit(rev.stage_forward), jax.jit(rev.invert_stage)
+    forward = jax.jit(lambda p, v: rev.stage_forward(p, v, conv=conv))
+    inverse = jax.jit(lambda p, y, y_lo: rev.invert_stage(p, y, y_lo, conv))
     for scale in (5.0, 1.0):
         x = scale * _normal((4, 10, 12, 16), seed=1)
         y, y_lo, _ = forward(params, x)
@@ -68,8 +77,9 @@ def test_inversion_at_resnet293_depth():
     assert _relative_error(inverse(params, y, jnp.zeros_like(y_lo)), x) > 1e-5  # float32 alone, unit scale
 
 
+@pytest.mark.parametrize("conv", list(CONVS.values()), ids=list(CONVS))
 @pytest.mark.parametrize("mode,block", sorted(STAGES))
-def test_custom_vjp_gradients_equal_plain_autodiff(mode, block):
+def test_custom_vjp_gradients_equal_plain_autodiff(mode, block, conv):
     """32 couplings: bit for bit on CPU. A 1e-6 bound catches a stream without its rounding residue (~5e-5 here,
     percents at ResNet293 depth)."""
     channels, planes, squeeze = STAGES[(mode, block)]
@@ -86,7 +96,8 @@ def test_custom_vjp_gradients_equal_plain_autodiff(mode, block):
     @jax.jit
     def both(p, v):
         grad = lambda stage: jax.grad(lambda p_, v_: loss(stage, p_, v_), argnums=(0, 1), has_aux=True)(p, v)
-        return grad(rev.reversible_stage), grad(_plain_stage)
+        plain = lambda p_, v_: rev.stage_forward(p_, v_, conv=conv)[::2]
+        return grad(lambda p_, v_: rev.reversible_stage(p_, v_, False, conv)), grad(plain)
 
     ((custom_params, custom_input), custom_stats), ((plain_params, plain_input), plain_stats) = both(params, x)
     assert _relative_error(custom_params, plain_params) <= 1e-6

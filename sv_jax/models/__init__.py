@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from cli import ConfigError
+from sv_jax.models import cpu_conv
 from sv_jax.models.heads import ArcMarginProduct, margin_schedule
 from sv_jax.models.resnet import BLOCKS, ResNet
 from sv_jax.models.reversible import MODES
@@ -67,8 +68,10 @@ def resolve_architecture(model_config) -> tuple[str, tuple[int, ...]]:
     return block, tuple(int(n) for n in num_blocks)
 
 
-def create_model(model_config, num_classes: int, *, unroll_scans: bool = False) -> SpeakerNet:
-    """The config's model; `unroll_scans` only for counting FLOPs (see ResNet.unroll_scans)."""
+def create_model(model_config, num_classes: int, *, for_counting: bool = False) -> SpeakerNet:
+    """The config's model. `for_counting`: the same model as XLA counts it, its reversible stages' scans unrolled
+    and XLA's convolutions in place of oneDNN's (a custom call has no FLOP count), for counting FLOPs only (see
+    ResNet.unroll_scans, sv_jax.models.cpu_conv)."""
     block, num_blocks = resolve_architecture(model_config)
     if model_config.dtype not in DTYPES:
         raise ConfigError(f"unknown model.dtype {model_config.dtype!r}; choose one of {sorted(DTYPES)}")
@@ -79,10 +82,16 @@ def create_model(model_config, num_classes: int, *, unroll_scans: bool = False) 
         raise ConfigError(f"unknown model.head.type {model_config.head.type!r}; choose 'arc_margin'")
     backbone = ResNet(block=block, num_blocks=num_blocks, width=model_config.width,
                       embed_dim=model_config.embed_dim, dtype=DTYPES[model_config.dtype], reversible=reversible,
-                      unroll_scans=unroll_scans)
+                      unroll_scans=for_counting, conv_lowering=conv_lowering(model_config, for_counting))
     head = ArcMarginProduct(num_classes=num_classes, scale=model_config.head.scale,
                             easy_margin=model_config.head.easy_margin)
     return SpeakerNet(backbone=backbone, head=head)
+
+
+def conv_lowering(model_config, for_counting: bool = False) -> str:
+    """'onednn' or 'xla': the convolutions `model.cpu_conv` selects on this backend (sv_jax.models.cpu_conv)."""
+    lowering = cpu_conv.resolve(model_config.get("cpu_conv", "auto"), DTYPES[model_config.dtype])
+    return "xla" if for_counting else lowering
 
 
 def count_params(tree: Any) -> int:

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sv_jax.models import cpu_conv
 from sv_jax.models import reversible as reversible_lib
 from sv_jax.models.pooling import tstp
 
@@ -55,6 +56,11 @@ def _apply_mask(x: jax.Array, mask: jax.Array | None) -> jax.Array:
     return x if mask is None else x * mask
 
 
+def conv_function(lowering: str):
+    """The lax.conv_general_dilated-like function of a resolved `cpu_conv` lowering ('onednn' or 'xla')."""
+    return cpu_conv.conv_general_dilated if lowering == "onednn" else jax.lax.conv_general_dilated
+
+
 class _ConvBN(nn.Module):
     """Conv (no bias, explicit symmetric padding) + BatchNorm (eps 1e-5, momentum 0.9 = PyTorch's 0.1)."""
 
@@ -62,13 +68,15 @@ class _ConvBN(nn.Module):
     kernel: int
     stride: int = 1
     dtype: Any = jnp.float32
+    lowering: str = "xla"  # of the convolution: 'onednn' or 'xla' (sv_jax.models.cpu_conv)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         pad = self.kernel // 2
         x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
                     padding=((pad, pad), (pad, pad)), use_bias=False, dtype=self.dtype,
-                    kernel_init=torch_default_kernel_init, name="conv")(x)
+                    kernel_init=torch_default_kernel_init, conv_general_dilated=conv_function(self.lowering),
+                    name="conv")(x)
         return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                             dtype=self.dtype, name="bn")(x)
 
@@ -77,13 +85,14 @@ class BasicBlock(nn.Module):
     planes: int
     stride: int = 1
     dtype: Any = jnp.float32
+    lowering: str = "xla"
     expansion = 1
 
     @nn.compact
     def __call__(self, x, mask_in, mask_out, train: bool):
-        out = nn.relu(_ConvBN(self.planes, 3, self.stride, self.dtype, name="conv_bn1")(x, train))
+        out = nn.relu(_ConvBN(self.planes, 3, self.stride, self.dtype, self.lowering, name="conv_bn1")(x, train))
         out = _apply_mask(out, mask_out)
-        out = _ConvBN(self.planes, 3, 1, self.dtype, name="conv_bn2")(out, train)
+        out = _ConvBN(self.planes, 3, 1, self.dtype, self.lowering, name="conv_bn2")(out, train)
         return nn.relu(out + _shortcut(self, x, train))
 
 
@@ -91,15 +100,16 @@ class Bottleneck(nn.Module):
     planes: int
     stride: int = 1
     dtype: Any = jnp.float32
+    lowering: str = "xla"
     expansion = 4
 
     @nn.compact
     def __call__(self, x, mask_in, mask_out, train: bool):
         # The 1x1 output feeds the strided 3x3 conv, so it is masked at the block's input resolution.
-        out = nn.relu(_ConvBN(self.planes, 1, 1, self.dtype, name="conv_bn1")(x, train))
+        out = nn.relu(_ConvBN(self.planes, 1, 1, self.dtype, self.lowering, name="conv_bn1")(x, train))
         out = _apply_mask(out, mask_in)
-        out = nn.relu(_ConvBN(self.planes, 3, self.stride, self.dtype, name="conv_bn2")(out, train))
-        out = _ConvBN(self.planes * 4, 1, 1, self.dtype, name="conv_bn3")(out, train)
+        out = nn.relu(_ConvBN(self.planes, 3, self.stride, self.dtype, self.lowering, name="conv_bn2")(out, train))
+        out = _ConvBN(self.planes * 4, 1, 1, self.dtype, self.lowering, name="conv_bn3")(out, train)
         return nn.relu(out + _shortcut(self, x, train))
 
 
@@ -107,7 +117,7 @@ def _shortcut(block: nn.Module, x: jax.Array, train: bool) -> jax.Array:
     out_planes = block.planes * block.expansion
     if block.stride == 1 and x.shape[-1] == out_planes:
         return x
-    return _ConvBN(out_planes, 1, block.stride, block.dtype, name="shortcut")(x, train)
+    return _ConvBN(out_planes, 1, block.stride, block.dtype, block.lowering, name="shortcut")(x, train)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -125,6 +135,8 @@ class ResNet(nn.Module):
       reversible: 'none', 'partial' or 'full' (sv_jax/models/reversible.py); reversible stages compute in float32.
       unroll_scans: unroll the reversible stages' scans over blocks: for counting FLOPs only (sv_jax.programs;
         XLA's cost analysis counts a scan body once), not for training.
+      conv_lowering: 'xla' (lax.conv_general_dilated) or 'onednn' (sv_jax.models.cpu_conv, CPU float32 only; the
+        same parameters and results): `model.cpu_conv` as sv_jax.models.create_model resolves it.
     """
 
     block: str = "basic"
@@ -134,6 +146,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     reversible: str = "none"
     unroll_scans: bool = False
+    conv_lowering: str = "xla"
 
     @nn.compact
     def __call__(self, feats: jax.Array, lengths: jax.Array | None = None, *, train: bool = False) -> jax.Array:
@@ -151,7 +164,8 @@ class ResNet(nn.Module):
         x = jnp.transpose(feats, (0, 2, 1))[..., None].astype(self.dtype)  # (B, F, T, 1): F is height, T width
         mask = time_mask(lengths, x.shape[2], self.dtype)
         x = _apply_mask(x, mask)
-        x = nn.relu(_ConvBN(self.width, 3, 1, self.dtype, name="stem")(x, train))
+        lowering = self.conv_lowering
+        x = nn.relu(_ConvBN(self.width, 3, 1, self.dtype, lowering, name="stem")(x, train))
         x = _apply_mask(x, mask)
         for stage, (count, stride, mult) in enumerate(
                 zip(self.num_blocks, STAGE_STRIDES, STAGE_WIDTH_MULTIPLIERS), start=1):
@@ -168,16 +182,17 @@ class ResNet(nn.Module):
                 if lengths is not None and block_stride > 1:
                     lengths = downsampled_lengths(lengths, block_stride)
                     mask = time_mask(lengths, -(-x.shape[2] // block_stride), self.dtype)
-                x = block_cls(planes, block_stride, self.dtype,
+                x = block_cls(planes, block_stride, self.dtype, lowering,
                               name=f"layer{stage}_{index}")(x, mask_in, mask, train)
                 x = _apply_mask(x, mask)
             if count > ordinary:  # named after its first block
                 convs = reversible_lib.coupling_convs(self.reversible, self.block, x.shape[-1], planes)
                 x = reversible_lib.ReversibleStage(count - ordinary, convs, torch_default_kernel_init,
-                                                   self.unroll_scans, name=f"layer{stage}_{ordinary}")(x, mask, train)
+                                                   self.unroll_scans, conv_function(lowering),
+                                                   name=f"layer{stage}_{ordinary}")(x, mask, train)
                 x = x.astype(self.dtype)
         if self.reversible == "full":  # the stream (width * 64 channels) to the ordinary model's last planes
-            x = nn.relu(_ConvBN(planes * block_cls.expansion, 1, 1, self.dtype, name="out_conv")(x, train))
+            x = nn.relu(_ConvBN(planes * block_cls.expansion, 1, 1, self.dtype, lowering, name="out_conv")(x, train))
             x = _apply_mask(x, mask)
         stats = tstp(x.astype(jnp.float32), lengths)
         return nn.Dense(self.embed_dim, dtype=jnp.float32, kernel_init=torch_default_kernel_init,

@@ -114,16 +114,16 @@ def _mask(x: jax.Array, mask: jax.Array | None) -> jax.Array:
     return x if mask is None else x * mask
 
 
-def _residual(layers: Params, x: jax.Array, stats: Stats | None, mask: jax.Array | None) -> tuple[jax.Array, Stats]:
+def _residual(layers: Params, x: jax.Array, stats: Stats | None, mask: jax.Array | None,
+              conv: Callable = lax.conv_general_dilated) -> tuple[jax.Array, Stats]:
     """F or G: conv-BN-ReLU per layer. BN uses batch statistics when `stats` is None (training) and returns the
-    statistics it used."""
+    statistics it used. `conv` is lax.conv_general_dilated or a function of its signature (resnet.conv_function)."""
     used = {}
     for index in range(1, len(layers) + 1):
         name = f"conv_bn{index}"
         layer = layers[name]
         pad = layer["kernel"].shape[0] // 2
-        x = lax.conv_general_dilated(x, layer["kernel"], (1, 1), ((pad, pad), (pad, pad)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x = conv(x, layer["kernel"], (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if stats is None:
             mean = jnp.mean(x, axis=(0, 1, 2))
             var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
@@ -145,25 +145,25 @@ def _add(hi: jax.Array, lo: jax.Array, f: jax.Array) -> tuple[jax.Array, jax.Arr
 
 
 def _coupling(params: Params, x: jax.Array, x_lo: jax.Array, stats: Stats | None,
-              mask: jax.Array | None) -> tuple[jax.Array, jax.Array, Stats]:
+              mask: jax.Array | None, conv: Callable) -> tuple[jax.Array, jax.Array, Stats]:
     """y1 = x1 + F(x2), y2 = x2 + G(y1) on the stream (x, x_lo); F and G see its float32 part. x arrives masked and
     F and G mask their outputs, so y is masked too."""
     (x1, x2), (x1_lo, x2_lo) = jnp.split(x, 2, axis=-1), jnp.split(x_lo, 2, axis=-1)
-    f, f_stats = _residual(params["f"], x2, None if stats is None else stats["f"], mask)
+    f, f_stats = _residual(params["f"], x2, None if stats is None else stats["f"], mask, conv)
     y1, y1_lo = _add(x1, x1_lo, f)
-    g, g_stats = _residual(params["g"], y1, None if stats is None else stats["g"], mask)
+    g, g_stats = _residual(params["g"], y1, None if stats is None else stats["g"], mask, conv)
     y2, y2_lo = _add(x2, x2_lo, g)
     return (jnp.concatenate([y1, y2], axis=-1), jnp.concatenate([y1_lo, y2_lo], axis=-1),
             {"f": f_stats, "g": g_stats})
 
 
-def _coupling_backward(params: Params, y: jax.Array, y_lo: jax.Array,
-                       dy: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, Params]:
+def _coupling_backward(params: Params, y: jax.Array, y_lo: jax.Array, dy: jax.Array,
+                       conv: Callable) -> tuple[jax.Array, jax.Array, jax.Array, Params]:
     """A training-mode coupling's input stream reconstructed from its output stream, and dy pulled back to the
     input and to the parameters: (x, x_lo, dx, dparams)."""
     (y1, y2), (y1_lo, y2_lo) = jnp.split(y, 2, axis=-1), jnp.split(y_lo, 2, axis=-1)
     dy1, dy2 = jnp.split(dy, 2, axis=-1)
-    residual = lambda layers, v: _residual(layers, v, None, None)[0]
+    residual = lambda layers, v: _residual(layers, v, None, None, conv)[0]
     g, g_vjp = jax.vjp(residual, params["g"], y1)
     x2, x2_lo = _add(y2, y2_lo, -g)
     dg, dy1_through_g = g_vjp(dy2)
@@ -176,43 +176,48 @@ def _coupling_backward(params: Params, y: jax.Array, y_lo: jax.Array,
 
 
 def stage_forward(params: Params, x: jax.Array, stats: Stats | None = None, mask: jax.Array | None = None,
-                  unroll: bool = False) -> tuple[jax.Array, jax.Array, Stats]:
+                  unroll: bool = False, conv: Callable = lax.conv_general_dilated
+                  ) -> tuple[jax.Array, jax.Array, Stats]:
     """A stage's couplings in sequence, differentiable by plain autodiff (which stores every block's activations).
 
     `params` (and `stats`) are stacked over blocks. BN uses batch statistics when `stats` is None. Returns the
     float32 output y, its rounding residue y_lo (y + y_lo is the output to ~2^-48) and the statistics used, stacked
-    over blocks.
+    over blocks. `conv`: see `_residual`.
     """
     def step(carry, block):
-        y, y_lo, used = _coupling(block[0], *carry, block[1], mask)
+        y, y_lo, used = _coupling(block[0], *carry, block[1], mask, conv)
         return (y, y_lo), used
 
     (y, y_lo), used = lax.scan(step, (x, jnp.zeros_like(x)), (params, stats), unroll=unroll)
     return y, y_lo, used
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def reversible_stage(params: Params, x: jax.Array, unroll: bool = False) -> tuple[jax.Array, Stats]:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def reversible_stage(params: Params, x: jax.Array, unroll: bool = False,
+                     conv: Callable = lax.conv_general_dilated) -> tuple[jax.Array, Stats]:
     """`stage_forward` in training mode whose backward pass reconstructs activations instead of storing them.
 
     Returns the output and the batch statistics, which are not differentiable: their cotangent is ignored.
-    `unroll` unrolls the scans: only for counting FLOPs (XLA's cost analysis counts a scan body once).
+    `unroll` unrolls the scans: only for counting FLOPs (XLA's cost analysis counts a scan body once). `conv`: see
+    `_residual`.
     """
-    y, _, batch_stats = stage_forward(params, x, unroll=unroll)
+    y, _, batch_stats = stage_forward(params, x, unroll=unroll, conv=conv)
     return y, batch_stats
 
 
-def _reversible_stage_fwd(params: Params, x: jax.Array, unroll: bool) -> tuple[tuple[jax.Array, Stats], tuple]:
-    y, y_lo, batch_stats = stage_forward(params, x, unroll=unroll)
+def _reversible_stage_fwd(params: Params, x: jax.Array, unroll: bool,
+                          conv: Callable) -> tuple[tuple[jax.Array, Stats], tuple]:
+    y, y_lo, batch_stats = stage_forward(params, x, unroll=unroll, conv=conv)
     return (y, batch_stats), (params, y, y_lo)
 
 
-def _reversible_stage_bwd(unroll: bool, residuals: tuple, cotangents: tuple) -> tuple[Params, jax.Array]:
+def _reversible_stage_bwd(unroll: bool, conv: Callable, residuals: tuple,
+                          cotangents: tuple) -> tuple[Params, jax.Array]:
     params, y, y_lo = residuals
     dy, _ = cotangents
 
     def step(carry, block_params):
-        x, x_lo, dx, dparams = _coupling_backward(block_params, *carry)
+        x, x_lo, dx, dparams = _coupling_backward(block_params, *carry, conv)
         return (x, x_lo, dx), dparams
 
     (_, _, dx), dparams = lax.scan(step, (y, y_lo, dy), params, reverse=True, unroll=unroll)
@@ -222,10 +227,11 @@ def _reversible_stage_bwd(unroll: bool, residuals: tuple, cotangents: tuple) -> 
 reversible_stage.defvjp(_reversible_stage_fwd, _reversible_stage_bwd)
 
 
-def invert_stage(params: Params, y: jax.Array, y_lo: jax.Array) -> jax.Array:
+def invert_stage(params: Params, y: jax.Array, y_lo: jax.Array, conv: Callable = lax.conv_general_dilated
+                 ) -> jax.Array:
     """The training-mode stage input reconstructed from its output stream, exactly as the backward pass does it."""
     def step(carry, block_params):
-        x, x_lo, _, _ = _coupling_backward(block_params, *carry, jnp.zeros_like(carry[0]))
+        x, x_lo, _, _ = _coupling_backward(block_params, *carry, jnp.zeros_like(carry[0]), conv)
         return (x, x_lo), None
 
     return lax.scan(step, (y, y_lo), params, reverse=True)[0][0]
@@ -259,12 +265,14 @@ class ReversibleStage(nn.Module):
       convs: (kernel, in, out) of F's (and G's) convolutions, from `coupling_convs`.
       kernel_init: initializer of one block's conv kernel (HWIO).
       unroll: unroll the scans over blocks, for counting FLOPs only (see `reversible_stage`).
+      conv: lax.conv_general_dilated or a function of its signature (see `_residual`).
     """
 
     num_blocks: int
     convs: tuple[ConvSpec, ...]
     kernel_init: Callable
     unroll: bool = False
+    conv: Callable = lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None, train: bool) -> jax.Array:
@@ -274,8 +282,9 @@ class ReversibleStage(nn.Module):
                    for name in ("f", "g")}
         x = x.astype(jnp.float32)
         if not train:
-            return stage_forward(params, x, {name: v.value for name, v in running.items()}, mask, self.unroll)[0]
-        y, batch_stats = reversible_stage(params, x, self.unroll)
+            return stage_forward(params, x, {name: v.value for name, v in running.items()}, mask, self.unroll,
+                                 self.conv)[0]
+        y, batch_stats = reversible_stage(params, x, self.unroll, self.conv)
         if not self.is_initializing():
             for name, variable in running.items():
                 variable.value = jax.tree_util.tree_map(
