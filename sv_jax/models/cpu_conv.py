@@ -26,7 +26,7 @@ Which lowering a model uses is `model.cpu_conv`:
 The library is compiled on first use, like torch.utils.cpp_extension: `g++` with oneDNN's headers and library
 (Debian/Ubuntu: `apt-get install g++ libdnnl-dev`), into `$SV_JAX_CACHE` (default ~/.cache/sv_jax), named by a hash
 of the source and of jax's version, so a changed source or jax never loads a stale build. `python -m
-sv_jax.models.cpu_conv` builds it ahead and prints where.
+sv_jax.build_cpu_conv` builds it ahead and prints where.
 
 Costs: a custom call carries no FLOP count, so programs with oneDNN convolutions are counted on a copy with XLA's
 (sv_jax.programs); the work is the same. oneDNN's scratchpads and kernel reorders are allocated per call outside
@@ -41,7 +41,6 @@ import hashlib
 import os
 import pathlib
 import subprocess
-import sys
 import tempfile
 from typing import Sequence
 
@@ -59,7 +58,7 @@ SOURCE = pathlib.Path(__file__).with_name("cpu_conv.cc")
 TARGETS = {"forward": "SvJaxConvForward", "backward_data": "SvJaxConvBackwardData",
            "backward_weights": "SvJaxConvBackwardWeights"}
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
-BUILD_HINT = "needs g++ and oneDNN (apt-get install g++ libdnnl-dev)"
+BUILD_HINT = "the oneDNN convolutions need g++ and oneDNN: apt-get install g++ libdnnl-dev"
 
 
 def library_path() -> pathlib.Path:
@@ -88,7 +87,7 @@ def build() -> pathlib.Path:
         done = subprocess.run(command, capture_output=True, text=True)
     except FileNotFoundError:
         partial.unlink(missing_ok=True)
-        raise RuntimeError(f"no C++ compiler {compiler!r}; the oneDNN convolutions {BUILD_HINT}") from None
+        raise RuntimeError(f"no C++ compiler {compiler!r} ({BUILD_HINT})") from None
     if done.returncode:
         partial.unlink(missing_ok=True)
         last = " | ".join(done.stderr.strip().splitlines()[-3:])
@@ -287,17 +286,3 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
                     tuple((int(lo), int(hi)) for lo, hi in padding))
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                                     feature_group_count, batch_group_count, precision, preferred_element_type)
-
-
-def main() -> int:
-    """Builds the library ahead of first use and says where it is (exit 2 with the reason when it cannot)."""
-    reason = unavailable_reason()
-    if reason:
-        print(f"error: {reason}", file=sys.stderr)
-        return 2
-    print(library_path())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
