@@ -43,8 +43,13 @@ def eval_scalars(results: dict) -> dict[str, float]:
 
 
 class Progress:
-    """Step rate and ETA. The first interval after a (re)start holds the compilation and is not counted as
-    steady state."""
+    """Step rate, ETA and input wait. The first interval after a (re)start holds the compilation and is not
+    counted as steady state.
+
+    The input wait is the share of an interval's wall time the training loop spent blocked on the input pipeline
+    for its next batch (`waited`): near 0 the pipeline keeps ahead of the train step (steps are dispatched
+    asynchronously, so the loop otherwise blocks only when it fetches metrics); large, training is input-bound.
+    """
 
     def __init__(self, total_steps: int, global_batch: int, start_step: int):
         self.total_steps, self.global_batch = total_steps, global_batch
@@ -52,17 +57,25 @@ class Progress:
         self._first_interval = True
         self._steady_seconds, self._steady_steps = 0.0, 0
         self._rate = 0.0
+        self._waited = 0.0
+        self._wait_fraction = 0.0
+
+    def waited(self, seconds: float) -> None:
+        """The loop spent `seconds` waiting for a batch."""
+        self._waited += seconds
 
     def update(self, step: int, num_steps: int) -> dict[str, float]:
         now = time.perf_counter()
         seconds = max(now - self._last_time, 1e-9)
         self._rate = num_steps / seconds
+        self._wait_fraction, self._waited = self._waited / seconds, 0.0
         if not self._first_interval:
             self._steady_seconds += seconds
             self._steady_steps += num_steps
         self._first_interval = False
         self._last_time, self._last_step = now, step
-        return {"perf/steps_per_s": self._rate, "perf/utt_per_s": self._rate * self.global_batch}
+        return {"perf/steps_per_s": self._rate, "perf/utt_per_s": self._rate * self.global_batch,
+                "perf/input_wait_fraction": self._wait_fraction}
 
     def steady_utt_per_s(self) -> float | None:
         """Mean training throughput after the first interval; None if the run had no later interval."""
@@ -76,7 +89,7 @@ class Progress:
         skipped = f"  skipped {metrics['skipped_steps']}" if metrics.get("skipped_steps") else ""
         return (f"step {step}/{self.total_steps}  loss {metrics.get('loss', math.nan):.4f}  "
                 f"acc {metrics.get('accuracy', math.nan):.3f}  lr {metrics['lr']:.3g}  margin {metrics['margin']:.3f}  "
-                f"{rate:.1f} utt/s  ETA {_duration(eta)}{skipped}")
+                f"{rate:.1f} utt/s  input wait {100 * self._wait_fraction:.0f}%  ETA {_duration(eta)}{skipped}")
 
 
 def _duration(seconds: float) -> str:

@@ -169,7 +169,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
             preemption.PreemptionWatcher() as watcher:  # SIGTERM/SIGINT: checkpoint the step, stop
         try:
             for step in range(start_step + 1, total_steps + 1):
+                asked = time.perf_counter()
                 batch = next(batches)
+                progress.waited(time.perf_counter() - asked)
                 next_position = int(batch.pop("index")[-1]) + 1
                 state, metrics = p_train_step(state, parallel.shard_batch(batch, mesh))
                 pending.append(metrics)

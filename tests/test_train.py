@@ -15,7 +15,7 @@ import pytest
 from configs import tiny
 from sv_jax import checkpoint as checkpoint_lib
 from sv_jax import commands, train
-from sv_jax import data_sources
+from sv_jax import data_sources, reporting
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -145,3 +145,13 @@ def test_cli_rejects_unknown_config_key_and_model_name(tmp_path):
     result = subprocess.run(base + ["--mode=describe", "--config.model.name=ResNet35"], cwd=REPO, env=env,
                             capture_output=True, text=True)
     assert result.returncode != 0 and "unknown model.name 'ResNet35'" in result.stderr
+
+
+def test_the_input_wait_is_the_share_of_an_interval_spent_waiting_for_batches(monkeypatch):
+    clock = iter([0.0, 10.0, 30.0])
+    monkeypatch.setattr(reporting.time, "perf_counter", lambda: next(clock))
+    progress = reporting.Progress(total_steps=40, global_batch=8, start_step=0)
+    progress.waited(2.5)
+    assert progress.update(20, 20)["perf/input_wait_fraction"] == pytest.approx(0.25)
+    assert "input wait 25%" in progress.line(20, {"lr": 1e-3, "margin": 0.0})
+    assert progress.update(40, 20)["perf/input_wait_fraction"] == 0.0  # the wait is per interval
