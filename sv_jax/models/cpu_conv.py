@@ -244,10 +244,21 @@ def _backward_weights(x, dy, kernel_shape, strides, padding):
         default=xla)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]):
     """A float32 NHWC x HWIO convolution with explicit padding ((top, bottom), (left, right)), groups 1, no
-    dilation: oneDNN on CPU (the library must be loaded: `resolve`), XLA's elsewhere."""
+    dilation: oneDNN on CPU (the library must be loaded: `resolve`), XLA's elsewhere.
+
+    A strided 1x1 convolution without padding (the shortcuts' projections) is the unit-stride one on the strided
+    rows and columns: the same numbers, and it keeps off oneDNN 2.6's strided 1x1 backward-data kernel, which
+    corrupted the heap at batch 1 per device (tiny config, 4 devices).
+    """
+    if kernel.shape[:2] == (1, 1) and all(p == (0, 0) for p in padding) and strides != (1, 1):
+        x, strides = x[:, ::strides[0], ::strides[1], :], (1, 1)
+    return _conv(x, kernel, strides, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, kernel, strides, padding):
     return _forward(x, kernel, strides, padding)
 
 
@@ -261,7 +272,7 @@ def _conv_bwd(strides, padding, residuals, dy):
             _backward_weights(x, dy, kernel.shape, strides, padding))
 
 
-conv.defvjp(_conv_fwd, _conv_bwd)
+_conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 def supported(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
