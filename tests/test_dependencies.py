@@ -202,6 +202,8 @@ def _modules_after_import(*modules: str) -> set[str]:
      ("sv_jax", "data_pipeline", "tensorflow", "profiling.study")),
     # The study's GPU-side commands measure the trainer's programs without TensorFlow.
     (("profiling.study.benchmark", "profiling.study.measure", "profiling.study.analysis"), ("tensorflow",)),
+    # PyTorch (optional) runs only in the benchmark's child process (profiling.study.torch_reference).
+    (("profiling.study.benchmark", "profiling.study.torch_comparison"), ("torch",)),
     (("profiling.gpu_check.checks",), ("tensorflow",)),
     # The GPU check's report builder is pure Python: canned results need no jax.
     (("profiling.gpu_check.report",), ("jax", "sv_jax", "numpy")),

@@ -25,6 +25,13 @@ windows, and each window's length. Every window warning (a short or incomplete w
 overhead blocks' run-profiler windows too, labelled so) is kept in `window_warnings`, printed, and written into the
 JSON. Without a sensor no energy window is run (there would be nothing to measure) and energy is reported as
 unavailable, with the reason.
+
+`--torch_reference` (CPU only; needs torch, requirements-bench.txt) then times a PyTorch reference of the same model,
+head, loss, optimizer and batch (profiling.study.torch_reference, in a child process with as many threads as the
+cores JAX uses; profiling.study.torch_comparison): after both sides are warmed up, `--blocks` pairs of `--steps`-call
+blocks in ABAB order (sv_jax's block, torch's block), first train steps, then forward calls. Both sides' seconds per
+train step and forward utt/s (medians over blocks, and every block's figure) and the ratios sv_jax / torch are
+printed and written into the JSON (`torch_reference`); without the flag the output is what it was.
 """
 
 from __future__ import annotations
@@ -44,7 +51,9 @@ import cli
 from profiling import energy as energy_lib
 from profiling import names
 from profiling import windows as windows_lib
+from profiling.study import torch_comparison
 from sv_jax import costs
+from sv_jax import models
 from sv_jax import programs as programs_lib
 from sv_jax import run_profiler
 
@@ -89,6 +98,7 @@ class BenchmarkResult:
     energy_sources: dict
     energy_unavailable: str | None
     window_warnings: list  # every window's warnings, in words, each naming its window
+    torch_reference: dict | None = None  # --torch_reference: torch_comparison.compare's result (None: not run)
 
 
 def energy_windows(runs: Mapping[str, Callable[[int], Any]], monitor: energy_lib.EnergyMonitor, *, window_s: float,
@@ -142,9 +152,12 @@ def _time_block(fn, steps: int, carry):
 def run(config, *, batch_size: int, dtype: str | None = None, steps: int = 40, blocks: int = 4, warmup: int = 5,
         num_classes: int | None = None, window_s: float = STEADY_WINDOW_S, repetitions: int = 3,
         cooldown_s: float = 2.0, monitor: energy_lib.EnergyMonitor | None = None, devices=None,
-        clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> BenchmarkResult:
+        clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+        torch_reference: bool = False) -> BenchmarkResult:
     """The benchmark of the module docstring on `devices` (default: all local ones). A `monitor` passed in stays the
-    caller's; `clock` must be its clock."""
+    caller's; `clock` must be its clock. `torch_reference`: also the PyTorch comparison, last."""
+    if torch_reference:
+        torch_comparison.require_torch()  # before anything is compiled
     config = config.copy_and_resolve_references()
     dtype = dtype or config.model.dtype
     num_frames = config.data.num_frames
@@ -152,6 +165,8 @@ def run(config, *, batch_size: int, dtype: str | None = None, steps: int = 40, b
         config.model.dtype = dtype
     num_classes = num_classes or costs.default_num_classes(config)
     devices = list(devices or jax.local_devices())
+    reference_spec = (torch_comparison.reference_spec(config, batch_size, num_classes, devices) if torch_reference
+                      else None)
     # The trainer's train step and forward, compiled as training compiles them, on a concrete state.
     programs = programs_lib.compile_programs(config, batch_size, num_classes, devices)
     state, batch = programs.init_state(config.seed), programs.random_batch(config.seed)
@@ -230,6 +245,19 @@ def run(config, *, batch_size: int, dtype: str | None = None, steps: int = 40, b
         if own_monitor:
             monitor.close()
 
+    def jax_train_block(n):
+        seconds, (held["state"], _) = _time_block(train_steps, n, (held["state"], None))
+        return seconds
+
+    def jax_forward_block(n):
+        current = held["state"].variables
+        return _time_block(lambda _: embed_fn(current, batch["feats"]), n, None)[0]
+
+    reference = None if reference_spec is None else torch_comparison.run_reference(
+        reference_spec, {names.TRAIN_STEP: jax_train_block, names.FORWARD: jax_forward_block}, calls=steps,
+        pairs=blocks, warmup=warmup, batch_size=batch_size,
+        jax_params=models.count_params(programs.state.params["backbone"]))
+
     step_s, step_s_on = float(np.median(off)), float(np.median(on))
     pair_percent = 100.0 * (np.asarray(on) / np.asarray(off) - 1.0)
     infer_s = seconds / steps
@@ -251,22 +279,30 @@ def run(config, *, batch_size: int, dtype: str | None = None, steps: int = 40, b
         forward_mfu=cost.mfu(tflops(infer_flops, infer_s)) if infer_flops else None,
         peak_tflops=peak, peak_source=peak_source,
         flops_source=", ".join(sorted({train_cost.source, infer_cost.source})),
-        train_step_flops_source=train_cost.source, forward_flops_source=infer_cost.source, **energy)
+        train_step_flops_source=train_cost.source, forward_flops_source=infer_cost.source, **energy,
+        torch_reference=reference)
 
 
 def print_result(result: BenchmarkResult, as_json: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
     """A table (or, `as_json`, one JSON object) on `out`; window warnings as `warning: ...` lines after the table,
-    or on `err` next to the JSON (which holds them too)."""
+    or on `err` next to the JSON (which holds them too); the torch comparison (when run) likewise after the table, or
+    on `err` as well as in the JSON."""
     fields = dataclasses.asdict(result)
+    if fields["torch_reference"] is None:
+        del fields["torch_reference"]  # without --torch_reference the output is what it always was
     if as_json:
         print(json.dumps(fields, indent=2), file=out)
     else:
         for key, value in fields.items():
+            if key == "torch_reference":
+                continue
             if key == "window_warnings":
                 value = f"{len(value)} (below)" if value else "none"
             print(f"{key:<28} {value:.4g}" if isinstance(value, float) else f"{key:<28} {value}", file=out)
     for warning in result.window_warnings:
         print(f"warning: {warning}", file=err if as_json else out)
+    for line in torch_comparison.report_lines(result.torch_reference) if result.torch_reference else ():
+        print(line, file=err if as_json else out)
 
 
 def main(argv) -> None:
@@ -277,7 +313,7 @@ def main(argv) -> None:
                               "length > 0 and at least one window")
     result = run(f.config, batch_size=f.batch_size, dtype=f.dtype, steps=f.steps, blocks=f.blocks, warmup=f.warmup,
                  num_classes=f.num_classes, window_s=f.window_s, repetitions=f.energy_windows,
-                 cooldown_s=f.cooldown_s)
+                 cooldown_s=f.cooldown_s, torch_reference=f.torch_reference)
     print_result(result, f.json)
 
 
@@ -286,7 +322,8 @@ def _define_flags() -> None:
     flags.DEFINE_integer("batch_size", 128, "global batch (split over all local devices)")
     flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "compute dtype (default: the config's)")
     flags.DEFINE_integer("steps", 40, "timed train steps per block")
-    flags.DEFINE_integer("blocks", 4, "timed pairs of blocks (monitor off / on, in ABBA order)")
+    flags.DEFINE_integer("blocks", 4, "timed pairs of blocks (monitor off / on, in ABBA order; with "
+                                      "--torch_reference also sv_jax / torch, in ABAB order)")
     flags.DEFINE_integer("warmup", 5, "untimed steps after compilation")
     flags.DEFINE_integer("num_classes", None, "ArcMargin classes (default: the config's, 17,982 for VoxCeleb2 "
                                               "dev x 3 speeds)")
@@ -294,6 +331,9 @@ def _define_flags() -> None:
     flags.DEFINE_integer("energy_windows", 3, "energy windows per program (with a sensor)")
     flags.DEFINE_float("cooldown_s", 2.0, "idle seconds before each energy window")
     flags.DEFINE_bool("json", False, "print one JSON object instead of a table")
+    flags.DEFINE_bool("torch_reference", False, "also time a PyTorch reference of the same model in a child process, "
+                                                "in ABAB blocks with sv_jax's (CPU; needs torch: "
+                                                "requirements-bench.txt)")
 
 
 if __name__ == "__main__":
