@@ -13,6 +13,10 @@ import pytest
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# XLA's convolutions for model.cpu_conv='auto': the tests' programs are tiny (oneDNN saves nothing there), and on
+# several devices the oneDNN calls are custom-partitioned, which makes every process's compilation-cache key new.
+# tests/test_cpu_conv.py and the reversible tests run the oneDNN convolutions explicitly.
+os.environ.setdefault("SV_JAX_CPU_CONV", "xla")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One XLA compilation cache for this test run, which the runs started in subprocesses share too: the same tiny
 # programs are compiled by dozens of runs and restarts, and compiling dominates their time (a tiny training run in a

@@ -116,7 +116,8 @@ def test_the_flax_adaptor_takes_what_it_supports_and_leaves_the_rest_to_lax():
                                                              dimension_numbers=cpu_conv.DIMENSION_NUMBERS))
 
 
-def test_the_config_selects_the_lowering():
+def test_the_config_selects_the_lowering(monkeypatch):
+    monkeypatch.delenv(cpu_conv.ENV_OVERRIDE, raising=False)
     config = tiny.get_config().model
     assert models.conv_lowering(config) == "onednn"  # 'auto' on CPU, float32, library built
     assert models.conv_lowering(config, for_counting=True) == "xla"
@@ -129,9 +130,13 @@ def test_the_config_selects_the_lowering():
         config.cpu_conv = "fast"
         with pytest.raises(ConfigError, match="model.cpu_conv"):
             models.conv_lowering(config)
+        config.cpu_conv, config.dtype = "auto", "float32"
+        monkeypatch.setenv(cpu_conv.ENV_OVERRIDE, "xla")  # what tests/conftest.py sets
+        assert models.conv_lowering(config) == "xla"
 
 
 def test_onednn_is_refused_with_one_line_when_it_cannot_load(monkeypatch):
+    monkeypatch.delenv(cpu_conv.ENV_OVERRIDE, raising=False)
     monkeypatch.setattr(cpu_conv, "unavailable_reason", lambda: "no C++ compiler 'g++'")
     with pytest.raises(ConfigError, match=r"^model.cpu_conv='onednn': no C\+\+ compiler 'g\+\+'; or set"):
         cpu_conv.resolve("onednn", jnp.float32)
@@ -167,6 +172,7 @@ def test_programs_with_onednn_convolutions_are_counted_with_xla_convolutions():
     """A custom call carries no FLOP count: the train step is counted on a copy with XLA's convolutions, and the
     note says so."""
     config = tiny.get_config()
+    config.model.cpu_conv = "onednn"
     compiled = programs.compile_programs(config, batch_size=4, num_classes=10, devices=jax.devices()[:1])
     assert 'custom_call_target="SvJaxConv' in compiled.train_step.as_text()
     cost = compiled.train_step_cost

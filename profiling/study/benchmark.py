@@ -69,6 +69,7 @@ class BenchmarkResult:
     batch: int
     num_frames: int
     devices: str
+    conv_lowering: str  # 'onednn' or 'xla': the convolutions model.cpu_conv selected (sv_jax.models.cpu_conv)
     train_step_s: float  # median seconds per train step over blocks, monitor off
     train_step_s_monitored: float  # the same with the run profiler's windows, as in training
     monitor_overhead_percent: float  # median over pairs of (monitored / unmonitored block time - 1)
@@ -268,6 +269,7 @@ def run(config, *, batch_size: int, dtype: str | None = None, steps: int = 40, b
     return BenchmarkResult(
         model=config.model.name,
         dtype=dtype, batch=batch_size, num_frames=num_frames, devices=f"{len(devices)} x {device_kind}",
+        conv_lowering=models.conv_lowering(config.model),
         train_step_s=step_s, train_step_s_monitored=step_s_on,
         monitor_overhead_percent=float(np.median(pair_percent)),
         monitor_overhead_pairs_percent=[round(float(p), 3) for p in pair_percent],

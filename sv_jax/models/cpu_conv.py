@@ -12,9 +12,9 @@ stage's shape (PyTorch: 0.06-0.07 s). Measured 2026-12-02, one process at a time
 
 `conv(x, kernel, strides, padding)` is a `jax.custom_vjp` whose three parts are each a `lax.platform_dependent`:
 on CPU the oneDNN call, anywhere else `lax.conv_general_dilated` and its autodiff, the same HLO that XLA would build.
-Under a sharded jit (data parallel) each call is partitioned along the batch (`custom_partitioning`): every device
-convolves its own rows, and the weight gradient is summed over the batch axes, as XLA partitions its own
-convolutions.
+Where the process has several devices, each call is partitioned along the batch for a sharded jit (data parallel,
+`custom_partitioning`): every device convolves its own rows, and the weight gradient is summed over the batch axes,
+as XLA partitions its own convolutions. With one device (a CPU's default) the calls are plain.
 
 Which lowering a model uses is `model.cpu_conv`:
 
@@ -58,6 +58,7 @@ SOURCE = pathlib.Path(__file__).with_name("cpu_conv.cc")
 TARGETS = {"forward": "SvJaxConvForward", "backward_data": "SvJaxConvBackwardData",
            "backward_weights": "SvJaxConvBackwardWeights"}
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+ENV_OVERRIDE = "SV_JAX_CPU_CONV"
 BUILD_HINT = "the oneDNN convolutions need g++ and oneDNN: apt-get install g++ libdnnl-dev"
 
 
@@ -123,7 +124,13 @@ def unavailable_reason() -> str:
 
 
 def resolve(lowering: str, dtype) -> str:
-    """'onednn' or 'xla' for `model.cpu_conv` = `lowering` and a model computing in `dtype`."""
+    """'onednn' or 'xla' for `model.cpu_conv` = `lowering` and a model computing in `dtype`. The environment
+    variable SV_JAX_CPU_CONV ('onednn' or 'xla'), where set, decides for 'auto' (the test suite sets 'xla': see
+    tests/conftest.py)."""
+    if lowering == "auto" and os.environ.get(ENV_OVERRIDE):
+        lowering = os.environ[ENV_OVERRIDE]
+        if lowering not in ("onednn", "xla"):
+            raise ConfigError(f"unknown {ENV_OVERRIDE}={lowering!r}; choose 'onednn' or 'xla', or unset it")
     if lowering not in LOWERINGS:
         raise ConfigError(f"unknown model.cpu_conv {lowering!r}; choose one of {list(LOWERINGS)}")
     if lowering == "xla" or jax.default_backend() != "cpu" or jnp.dtype(dtype) != jnp.float32:
@@ -157,9 +164,33 @@ def _rows(mesh, axes) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(axes, None, None, None))
 
 
-@functools.partial(custom_partitioning, static_argnums=(2, 3, 4))
-def _onednn_forward(x, kernel, out_shape, strides, padding):
+def _onednn(call: str):
+    """The FFI call on whole arrays, or its batch-partitioned form where this process has several devices.
+
+    A single device needs no partitioning, and custom_partitioning's callbacks make the program's persistent
+    compilation-cache key differ from process to process (measured: a tiny train step recompiled by every run), so
+    it is used only where a sharded jit can need it (several devices: forced host devices, emulations).
+    """
+    direct = {"forward": _onednn_forward_direct, "backward_data": _onednn_backward_data_direct,
+              "backward_weights": _onednn_backward_weights_direct}
+    partitioned = {"forward": _onednn_forward, "backward_data": _onednn_backward_data,
+                   "backward_weights": _onednn_backward_weights}
+    return (partitioned if jax.device_count() > 1 else direct)[call]
+
+
+def _onednn_forward_direct(x, kernel, out_shape, strides, padding):
     return _ffi("forward", out_shape, strides, padding)(x, kernel)
+
+
+def _onednn_backward_data_direct(dy, kernel, in_shape, strides, padding):
+    return _ffi("backward_data", in_shape, strides, padding)(dy, kernel)
+
+
+def _onednn_backward_weights_direct(x, dy, kernel_shape, strides, padding):
+    return _ffi("backward_weights", kernel_shape, strides, padding)(x, dy)
+
+
+_onednn_forward = custom_partitioning(_onednn_forward_direct, static_argnums=(2, 3, 4))
 
 
 def _partition_forward(out_shape, strides, padding, mesh, arg_shapes, result_shape):
@@ -173,9 +204,7 @@ def _partition_forward(out_shape, strides, padding, mesh, arg_shapes, result_sha
 _onednn_forward.def_partition(partition=_partition_forward, sharding_rule="b h w c, i j c o -> b y z o")
 
 
-@functools.partial(custom_partitioning, static_argnums=(2, 3, 4))
-def _onednn_backward_data(dy, kernel, in_shape, strides, padding):
-    return _ffi("backward_data", in_shape, strides, padding)(dy, kernel)
+_onednn_backward_data = custom_partitioning(_onednn_backward_data_direct, static_argnums=(2, 3, 4))
 
 
 def _partition_backward_data(in_shape, strides, padding, mesh, arg_shapes, result_shape):
@@ -190,9 +219,7 @@ _onednn_backward_data.def_partition(partition=_partition_backward_data,
                                     sharding_rule="b y z o, i j c o -> b h w c")
 
 
-@functools.partial(custom_partitioning, static_argnums=(2, 3, 4))
-def _onednn_backward_weights(x, dy, kernel_shape, strides, padding):
-    return _ffi("backward_weights", kernel_shape, strides, padding)(x, dy)
+_onednn_backward_weights = custom_partitioning(_onednn_backward_weights_direct, static_argnums=(2, 3, 4))
 
 
 def _partition_backward_weights(kernel_shape, strides, padding, mesh, arg_shapes, result_shape):
@@ -223,7 +250,7 @@ def _out_shape(x_shape, kernel_shape, strides, padding) -> tuple[int, ...]:
 def _forward(x, kernel, strides, padding):
     out_shape = _out_shape(x.shape, kernel.shape, strides, padding)
     return lax.platform_dependent(
-        x, kernel, cpu=lambda x, k: _onednn_forward(x, k, out_shape, strides, padding),
+        x, kernel, cpu=lambda x, k: _onednn("forward")(x, k, out_shape, strides, padding),
         default=lambda x, k: _xla_conv(x, k, strides, padding))
 
 
@@ -232,7 +259,7 @@ def _backward_data(dy, kernel, x_shape, strides, padding):
         x = jnp.zeros(x_shape, dy.dtype)  # a shape only: the VJP is linear in dy and does not read x
         return jax.vjp(lambda x: _xla_conv(x, kernel, strides, padding), x)[1](dy)[0]
     return lax.platform_dependent(
-        dy, kernel, cpu=lambda dy, k: _onednn_backward_data(dy, k, tuple(x_shape), strides, padding), default=xla)
+        dy, kernel, cpu=lambda dy, k: _onednn("backward_data")(dy, k, tuple(x_shape), strides, padding), default=xla)
 
 
 def _backward_weights(x, dy, kernel_shape, strides, padding):
@@ -240,7 +267,7 @@ def _backward_weights(x, dy, kernel_shape, strides, padding):
         kernel = jnp.zeros(kernel_shape, dy.dtype)
         return jax.vjp(lambda k: _xla_conv(x, k, strides, padding), kernel)[1](dy)[0]
     return lax.platform_dependent(
-        x, dy, cpu=lambda x, dy: _onednn_backward_weights(x, dy, tuple(kernel_shape), strides, padding),
+        x, dy, cpu=lambda x, dy: _onednn("backward_weights")(x, dy, tuple(kernel_shape), strides, padding),
         default=xla)
 
 
