@@ -101,8 +101,9 @@ def build() -> pathlib.Path:
 def _load() -> str:
     """Builds and loads the library and registers its FFI targets; '' on success, else why not."""
     try:
-        # RTLD_DEEPBIND: jaxlib carries its own oneDNN (3.x, on XLA's thread pool) whose symbols are global in this
-        # process; without it the build's calls into libdnnl would bind to that copy, another ABI.
+        # RTLD_DEEPBIND: jaxlib carries its own oneDNN (3.7 in jax 0.10.2, on XLA's thread pool; DNNL_VERBOSE=1
+        # shows both) whose symbols may be global in this process: the build binds to the libdnnl it was compiled
+        # against, never to that copy, another ABI.
         library = ctypes.CDLL(str(build()), mode=os.RTLD_LOCAL | os.RTLD_DEEPBIND)
     except (RuntimeError, OSError) as error:
         return str(error)
