@@ -130,8 +130,8 @@ class CompiledPrograms:
 
     @functools.cached_property
     def _counting_copy(self) -> LoweredPrograms:
-        """What is counted: the programs themselves, or for reversible models the same programs with the scans
-        unrolled, lowered for the same devices."""
+        """What is counted: the programs themselves, or (reversible models, oneDNN convolutions) the same programs
+        lowered for counting (scans unrolled, XLA's convolutions) for the same devices."""
         if not self._always_fallback():
             return self.lowered
         lowered = self.lowered

@@ -130,7 +130,7 @@ def resolve(lowering: str, dtype) -> str:
     tests/conftest.py)."""
     if lowering == "auto" and os.environ.get(ENV_OVERRIDE):
         lowering = os.environ[ENV_OVERRIDE]
-        if lowering not in ("onednn", "xla"):
+        if lowering not in LOWERINGS[1:]:
             raise ConfigError(f"unknown {ENV_OVERRIDE}={lowering!r}; choose 'onednn' or 'xla', or unset it")
     if lowering not in LOWERINGS:
         raise ConfigError(f"unknown model.cpu_conv {lowering!r}; choose one of {list(LOWERINGS)}")
@@ -165,6 +165,37 @@ def _rows(mesh, axes) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(axes, None, None, None))
 
 
+def _batch_partitioned(target: str, rows_out: bool, rule: str):
+    """The FFI call `target`(a, b, out_shape, strides, padding), partitioned along the batch of `a`.
+
+    `rows_out`: the output has the batch's rows too (forward, input gradient) and each device computes its own;
+    otherwise (weight gradient) each device's share is summed over the devices that split the batch.
+    """
+    def direct(a, b, out_shape, strides, padding):
+        return _ffi(target, out_shape, strides, padding)(a, b)
+
+    def partition(out_shape, strides, padding, mesh, arg_shapes, result_shape):
+        axes = _batch_axes(arg_shapes[0].sharding)
+        replicated = NamedSharding(mesh, PartitionSpec())
+
+        def lower(a, b):  # this device's rows of a (and of b where b has rows)
+            if rows_out:
+                return direct(a, b, (a.shape[0], *out_shape[1:]), strides, padding)
+            share = direct(a, b, out_shape, strides, padding)
+            return lax.psum(share, axes) if axes is not None else share
+        out = _rows(mesh, axes) if rows_out else replicated
+        return mesh, lower, out, (_rows(mesh, axes), replicated if rows_out else _rows(mesh, axes))
+
+    partitioned = custom_partitioning(direct, static_argnums=(2, 3, 4))
+    partitioned.def_partition(partition=partition, sharding_rule=rule)
+    return direct, partitioned
+
+
+_CALLS = {"forward": _batch_partitioned("forward", True, "b h w c, i j c o -> b y z o"),
+          "backward_data": _batch_partitioned("backward_data", True, "b y z o, i j c o -> b h w c"),
+          "backward_weights": _batch_partitioned("backward_weights", False, "b h w c, b y z o -> i j c o")}
+
+
 def _onednn(call: str):
     """The FFI call on whole arrays, or its batch-partitioned form where this process has several devices.
 
@@ -172,68 +203,8 @@ def _onednn(call: str):
     compilation-cache key differ from process to process (measured: a tiny train step recompiled by every run), so
     it is used only where a sharded jit can need it (several devices: forced host devices, emulations).
     """
-    direct = {"forward": _onednn_forward_direct, "backward_data": _onednn_backward_data_direct,
-              "backward_weights": _onednn_backward_weights_direct}
-    partitioned = {"forward": _onednn_forward, "backward_data": _onednn_backward_data,
-                   "backward_weights": _onednn_backward_weights}
-    return (partitioned if jax.device_count() > 1 else direct)[call]
-
-
-def _onednn_forward_direct(x, kernel, out_shape, strides, padding):
-    return _ffi("forward", out_shape, strides, padding)(x, kernel)
-
-
-def _onednn_backward_data_direct(dy, kernel, in_shape, strides, padding):
-    return _ffi("backward_data", in_shape, strides, padding)(dy, kernel)
-
-
-def _onednn_backward_weights_direct(x, dy, kernel_shape, strides, padding):
-    return _ffi("backward_weights", kernel_shape, strides, padding)(x, dy)
-
-
-_onednn_forward = custom_partitioning(_onednn_forward_direct, static_argnums=(2, 3, 4))
-
-
-def _partition_forward(out_shape, strides, padding, mesh, arg_shapes, result_shape):
-    axes = _batch_axes(arg_shapes[0].sharding)
-
-    def lower(x, kernel):  # x: this device's rows
-        return _ffi("forward", (x.shape[0], *out_shape[1:]), strides, padding)(x, kernel)
-    return mesh, lower, _rows(mesh, axes), (_rows(mesh, axes), NamedSharding(mesh, PartitionSpec()))
-
-
-_onednn_forward.def_partition(partition=_partition_forward, sharding_rule="b h w c, i j c o -> b y z o")
-
-
-_onednn_backward_data = custom_partitioning(_onednn_backward_data_direct, static_argnums=(2, 3, 4))
-
-
-def _partition_backward_data(in_shape, strides, padding, mesh, arg_shapes, result_shape):
-    axes = _batch_axes(arg_shapes[0].sharding)
-
-    def lower(dy, kernel):
-        return _ffi("backward_data", (dy.shape[0], *in_shape[1:]), strides, padding)(dy, kernel)
-    return mesh, lower, _rows(mesh, axes), (_rows(mesh, axes), NamedSharding(mesh, PartitionSpec()))
-
-
-_onednn_backward_data.def_partition(partition=_partition_backward_data,
-                                    sharding_rule="b y z o, i j c o -> b h w c")
-
-
-_onednn_backward_weights = custom_partitioning(_onednn_backward_weights_direct, static_argnums=(2, 3, 4))
-
-
-def _partition_backward_weights(kernel_shape, strides, padding, mesh, arg_shapes, result_shape):
-    axes = _batch_axes(arg_shapes[0].sharding)
-
-    def lower(x, dy):  # each device's rows' share, summed over the devices that split the batch
-        dkernel = _ffi("backward_weights", kernel_shape, strides, padding)(x, dy)
-        return lax.psum(dkernel, axes) if axes is not None else dkernel
-    return mesh, lower, NamedSharding(mesh, PartitionSpec()), (_rows(mesh, axes), _rows(mesh, axes))
-
-
-_onednn_backward_weights.def_partition(partition=_partition_backward_weights,
-                                       sharding_rule="b h w c, b y z o -> i j c o")
+    direct, partitioned = _CALLS[call]
+    return partitioned if jax.device_count() > 1 else direct
 
 
 # --- the convolution: oneDNN on CPU, XLA's anywhere else ---------------------------------------------------------
