@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import select
 import subprocess
 import sys
 from typing import Any, Callable
@@ -50,13 +51,17 @@ STARTUP_NOISE = (
 )
 
 _FILTER = r"""
-import re, signal, sys
+import os, re, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)   # only the end of the pipe ends this filter
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 noise = re.compile(b"|".join(b"(?:" + p + b")" for p in eval(sys.argv[1])))
+marker, ready = sys.argv[2].encode(), int(sys.argv[3])
 out = sys.stdout.buffer
 for line in sys.stdin.buffer:
-    if not noise.fullmatch(line.rstrip(b"\r\n")):
+    if line.rstrip(b"\r\n").endswith(marker):   # the parent is exiting: all it wrote before this is out
+        line = line[:line.rindex(marker)]  # an unfinished line (a progress bar) the marker was appended to
+        ready = os.close(ready)
+    if line and not noise.fullmatch(line.rstrip(b"\r\n")):
         out.write(line)
         out.flush()
 """
@@ -64,24 +69,34 @@ for line in sys.stdin.buffer:
 
 def filter_startup_noise() -> None:
     """Routes this process's stderr (file descriptor 2, so C++ libraries too) through a small filter process that
-    drops STARTUP_NOISE lines. The filter outlives a crash of this process, so a fatal message still gets out."""
+    drops STARTUP_NOISE lines. The filter outlives a crash of this process, so a fatal message still gets out.
+
+    At exit this process writes a marker line and waits (at most 5 s) until the filter has read it, so that what it
+    wrote is out before the shell's prompt. It cannot wait for the filter to end instead: children that outlive it
+    briefly (multiprocessing's resource tracker) hold the pipe too, and waiting for them cost every command 5 s.
+    """
     if os.environ.get("SV_STARTUP_LOGS") == "1" or os.environ.get("_SV_STDERR_FILTERED") == "1":
         return
     sys.stderr.flush()
     stderr = os.dup(2)
-    proc = subprocess.Popen([sys.executable, "-c", _FILTER, repr(STARTUP_NOISE)], stdin=subprocess.PIPE,
-                            stdout=stderr, close_fds=True)
+    marker = f"sv_jax stderr filter: {os.getpid()} exits {os.urandom(8).hex()}"
+    ready_r, ready_w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-c", _FILTER, repr(STARTUP_NOISE), marker, str(ready_w)],
+                            stdin=subprocess.PIPE, stdout=stderr, close_fds=True, pass_fds=(ready_w,))
+    os.close(ready_w)
     os.dup2(proc.stdin.fileno(), 2)
     proc.stdin.close()
     os.environ["_SV_STDERR_FILTERED"] = "1"  # children inherit the filtered stderr
 
-    def drain() -> None:  # at exit: hand stderr back and let the filter write what it holds before the shell does
+    def drain() -> None:  # at exit: hand stderr back once the filter has written everything sent before the marker
         sys.stderr.flush()
-        os.dup2(stderr, 2)
         try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # a child still holds the pipe; the filter ends with it
-            pass
+            os.write(2, marker.encode() + b"\n")
+        except OSError:  # the filter is gone: nothing to wait for
+            return
+        finally:
+            os.dup2(stderr, 2)
+        select.select([ready_r], [], [], 5.0)  # readable (EOF) once the filter has read the marker
 
     atexit.register(drain)
 
