@@ -320,6 +320,20 @@ def _worker_init() -> None:
         pass
 
 
+# Below this much audio the corpus is generated in-process: one core makes ~170 s of audio per second (the 2-core
+# dev VM), while starting pool workers under "spawn" (a parent that runs jax or TF) costs 2-4 s, most of it the
+# workers re-importing the parent's main module (measured: configs/tiny.py's 50-s corpus, 0.3 s in-process and
+# 3.6-4.3 s through the pool inside `python -m sv_jax.main`).
+SERIAL_BELOW_AUDIO_S = 1000.0
+
+
+def _auto_workers(spec: CorpusSpec) -> int:
+    utterances = (spec.num_train_speakers * spec.utts_per_train_speaker
+                  + spec.num_test_speakers * spec.utts_per_test_speaker)
+    audio_s = utterances * (spec.min_seconds + spec.max_seconds) / 2
+    return 1 if audio_s < SERIAL_BELOW_AUDIO_S else os.cpu_count() or 1
+
+
 def _mp_context():
     """fork (no main-module guard needed) unless the parent already runs threads (jax, TF), then spawn."""
     threaded = threading.active_count() > 1 or any(m in sys.modules for m in ("jax", "tensorflow", "torch"))
@@ -352,7 +366,9 @@ def _check_existing(root: pathlib.Path, expected: dict) -> bool:
 
 
 def generate_corpus(root, spec: CorpusSpec = CorpusSpec(), num_workers: int | None = None) -> Corpus:
-    """Generate the synthetic corpus under root (or return at once if it is already there with this spec)."""
+    """Generate the synthetic corpus under root (or return at once if it is already there with this spec).
+    `num_workers` processes (default: all cores, or this process alone for a corpus under SERIAL_BELOW_AUDIO_S);
+    the corpus does not depend on it."""
     root = pathlib.Path(root).expanduser().absolute()
     corpus = Corpus(root, root / "train", root / "test", root / "trials.txt")
     expected = {"spec": dataclasses.asdict(spec), "generator_version": GENERATOR_VERSION}
@@ -366,7 +382,7 @@ def generate_corpus(root, spec: CorpusSpec = CorpusSpec(), num_workers: int | No
         ntr = spec.num_train_speakers
         jobs = [(spec, str(tmp / "train"), i, spec.utts_per_train_speaker) for i in range(ntr)] + [
             (spec, str(tmp / "test"), i, spec.utts_per_test_speaker) for i in range(ntr, ntr + spec.num_test_speakers)]
-        workers = max(1, min(num_workers or os.cpu_count() or 1, len(jobs)))
+        workers = max(1, min(num_workers or _auto_workers(spec), len(jobs)))
         if workers == 1:
             results = [_generate_speaker(job) for job in jobs]
         else:
@@ -410,7 +426,8 @@ def _define_flags() -> None:
     define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
     for field in dataclasses.fields(CorpusSpec):
         define[type(field.default)](field.name, field.default, f"CorpusSpec.{field.name}")
-    flags.DEFINE_integer("num_workers", None, "generating processes (default: all cores)")
+    flags.DEFINE_integer("num_workers", None, "generating processes (default: all cores; one below "
+                         f"{SERIAL_BELOW_AUDIO_S:.0f} s of audio)")
     flags.mark_flags_as_required(["out"])
 
 
