@@ -49,9 +49,14 @@ def get_config():
     synthetic.seed = 0
 
     config.model = model = ml_collections.ConfigDict()
-    model.name = "ResNet34"  # ResNet18/34/50/101/152/221/293, or 'ResNet' with block and num_blocks below
+    # ResNet18/34/50/101/152/221/293, or 'ResNet' with block and num_blocks below; Gemini DF-ResNets DFResNet60/114/
+    # 183/237, or 'DFResNet' with num_blocks (sv_jax/models/dfresnet.py)
+    model.name = "ResNet34"
     model.block = config_dict.placeholder(str)  # 'basic' | 'bottleneck' (only with name 'ResNet')
-    model.num_blocks = config_dict.placeholder(tuple)  # blocks per stage, e.g. (2, 2, 10, 2) (name 'ResNet')
+    model.num_blocks = config_dict.placeholder(tuple)  # blocks per stage, e.g. (2, 2, 10, 2) ('ResNet', 'DFResNet')
+    # DF-ResNets only: the four downsampling layers' strides along time (frequency: 2). Unset: WeSpeaker's T14c
+    # (1, 2, 1, 1); (2, 2, 2, 2) is the symmetric-stride variant, not one of WeSpeaker's models.
+    model.time_strides = config_dict.placeholder(tuple)
     model.width = 32  # planes of the first stage (WeSpeaker's m_channels); stages have 1x, 2x, 4x, 8x
     model.embed_dim = 256
     model.dtype = "float32"  # 'float32' | 'bfloat16' compute; parameters, BN statistics and loss stay float32

@@ -35,6 +35,7 @@ def run(mode: str, config, workdir: str, *, audio_list: str | None = None, outpu
 def describe(config) -> dict:
     """Parameter count and output shape of every top-level layer of the embedding extractor (no data needed)."""
     block, num_blocks = models.resolve_architecture(config.model)
+    time_strides = models.resolve_time_strides(config.model)
     backbone = models.create_model(config.model, num_classes=1).backbone
     feats = jnp.zeros((1, config.data.num_frames, config.data.num_mel_bins), jnp.float32)
     variables = jax.eval_shape(lambda: backbone.init(jax.random.key(0), feats))
@@ -45,9 +46,15 @@ def describe(config) -> dict:
               for name, value in state["intermediates"].items() if name != "__call__"]
     layers.sort(key=lambda layer: _execution_order(layer["name"]))
     per_layer = {name: models.count_params(tree) for name, tree in variables["params"].items()}
+    architecture = {"block": block, "num_blocks": list(num_blocks)}
+    if time_strides is not None:
+        architecture["time_strides"] = list(time_strides)
+        if time_strides != models.GEMINI_TIME_STRIDES:
+            architecture["note"] = (f"time strides {list(time_strides)}, not WeSpeaker's T14c "
+                                    f"{list(models.GEMINI_TIME_STRIDES)}: not one of WeSpeaker's models")
     return {
-        "model": config.model.name, "block": block, "num_blocks": list(num_blocks), "width": config.model.width,
-        "embed_dim": config.model.embed_dim, "dtype": config.model.dtype,
+        "model": config.model.name, **architecture, "width": config.model.width,
+        "embed_dim": config.model.embed_dim, "dtype": config.model.dtype, "reversible": config.model.reversible,
         "params": models.count_params(variables["params"]),
         "input_shape": list(feats.shape), "layout": "stage outputs are NHWC = (batch, freq, time, channels)",
         "layers": [dict(layer, params=per_layer.get(layer["name"], 0)) for layer in layers],
@@ -55,12 +62,15 @@ def describe(config) -> dict:
 
 
 def _execution_order(name: str) -> tuple:
+    """stem, then per stage its downsampling layer (DF-ResNets) and its blocks, then the rest (out_conv, seg_1)."""
     if name == "stem":
         return (0,)
+    if name.startswith("downsample"):
+        return (1, int(name[len("downsample"):]), -1)
     if name.startswith("layer"):
         stage, index = name[len("layer"):].split("_")
         return (1, int(stage), int(index))
-    return (2, name)
+    return (2, name != "out_conv", name)
 
 
 def _restore_variables(config, workdir: str):

@@ -61,6 +61,8 @@ def reference_spec(config, batch_size: int, num_classes: int, devices: Sequence)
     platforms = sorted({d.platform for d in devices})
     refusals = {"the benchmark's devices": (platforms != ["cpu"], f"{platforms} (the reference runs on CPU: "
                                                                   "JAX_PLATFORMS=cpu)"),
+                "model.name": (models.resolve_architecture(model)[0] == models.INVERTED,
+                               f"{model.name!r} (the reference is a ResNet, not a DF-ResNet)"),
                 "model.dtype": (model.dtype != "float32", f"{model.dtype!r} (the reference is float32)"),
                 "model.reversible": (model.reversible != "none", f"{model.reversible!r} (the reference is 'none')"),
                 "optim.state_bits": (optim.state_bits != 32, f"{optim.state_bits} (the reference keeps 32)")}

@@ -62,21 +62,23 @@ def conv_function(lowering: str):
 
 
 class _ConvBN(nn.Module):
-    """Conv (no bias, explicit symmetric padding) + BatchNorm (eps 1e-5, momentum 0.9 = PyTorch's 0.1)."""
+    """Conv (no bias, explicit symmetric padding) + BatchNorm (eps 1e-5, momentum 0.9 = PyTorch's 0.1).
+    `stride`: one for both axes or (frequency, time); `groups`: feature groups (= channels: depthwise)."""
 
     features: int
     kernel: int
-    stride: int = 1
+    stride: int | tuple[int, int] = 1
     dtype: Any = jnp.float32
     lowering: str = "xla"  # of the convolution: 'onednn' or 'xla' (sv_jax.models.cpu_conv)
+    groups: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         pad = self.kernel // 2
         x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
                     padding=((pad, pad), (pad, pad)), use_bias=False, dtype=self.dtype,
-                    kernel_init=torch_default_kernel_init, conv_general_dilated=conv_function(self.lowering),
-                    name="conv")(x)
+                    feature_group_count=self.groups, kernel_init=torch_default_kernel_init,
+                    conv_general_dilated=conv_function(self.lowering), name="conv")(x)
         return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                             dtype=self.dtype, name="bn")(x)
 

@@ -1,4 +1,4 @@
-"""Reversible ResNet stages: backpropagation that recomputes activations instead of storing them.
+"""Reversible ResNet and DF-ResNet stages: backpropagation that recomputes activations instead of storing them.
 
 `model.reversible` follows Liu & Qian, "Memory-Efficient Training for Deep Speaker Embedding Learning in Speaker
 Verification" (arXiv 2412.01195), built from RevNet (Gomez et al., NeurIPS 2017) and i-RevNet (Jacobsen et al.,
@@ -9,7 +9,9 @@ A coupling splits its input into channel halves x = (x1, x2) and computes
     y1 = x1 + F(x2),    y2 = x2 + G(y1),    inverted exactly by    x2 = y2 - G(y1),    x1 = y1 - F(x2).
 
 F and G are the block type's layers on the half width, each conv followed by BN and ReLU: the ordinary block's
-final ReLU (after the residual add, which would not be invertible) moves inside F and G. Basic:
+final ReLU (after the residual add, which would not be invertible) moves inside F and G. DF-ResNets' inverted
+bottlenecks (block 'inverted': conv1x1-BN-ReLU, depthwise conv3x3-BN-ReLU, conv1x1-BN-ReLU on half the channels,
+hidden width 4d) are described, with their 'partial' and 'full' forms, in sv_jax/models/dfresnet.py. Basic:
 conv3x3-BN-ReLU-conv3x3-BN-ReLU; bottleneck: conv1x1-BN-ReLU-conv3x3-BN-ReLU-conv1x1-BN-ReLU.
 
 - 'partial' (RevNet): in every stage the shape-preserving blocks (index >= 1) become couplings on halves of the
@@ -92,20 +94,26 @@ def ordinary_blocks(mode: str, count: int) -> int:
 
 
 def coupling_convs(mode: str, block: str, channels: int, planes: int) -> tuple[ConvSpec, ...]:
-    """The convolutions of F (and of G) of a coupling on `channels` with the stage's planned `planes`."""
+    """The convolutions of F (and of G) of a coupling on `channels` with the stage's planned `planes`.
+    A spec with 1 input channel on more than one is depthwise (`_residual`)."""
+    if block == "inverted":  # a DF-ResNet's inverted bottleneck keeps its hidden width 4 d (dfresnet.py)
+        half, hidden = channels // 2, 4 * planes
+        return (1, half, hidden), (3, 1, hidden), (1, hidden, half)
     half, hidden = channels // 2, planes // 2 if mode == "partial" else planes
     if block == "basic":
         return (3, half, hidden), (3, hidden, half)
     return (1, half, hidden), (3, hidden, hidden), (1, hidden, half)
 
 
-def squeeze(x: jax.Array) -> jax.Array:
-    """Invertible 2x2 space-to-depth of NHWC (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 4C), zero-padding H and W
-    to even. Channel-major: channel c becomes 4c..4c+3, so the halves of the result are the squeezed halves of x."""
-    b, h, w, c = x.shape
-    x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-    x = x.reshape(b, (h + 1) // 2, 2, (w + 1) // 2, 2, c).transpose(0, 1, 3, 5, 2, 4)
-    return x.reshape(b, (h + 1) // 2, (w + 1) // 2, 4 * c)
+def squeeze(x: jax.Array, factors: tuple[int, int] = (2, 2)) -> jax.Array:
+    """Invertible space-to-depth of NHWC (B, H, W, C) -> (B, ceil(H/fh), ceil(W/fw), fh fw C) for `factors`
+    (fh, fw), zero-padding H and W to multiples. Channel-major: channel c becomes fh fw c ... fh fw (c + 1) - 1, so
+    the halves of the result are the squeezed halves of x. The 2x2 squeeze replaces a stride-2 stage transition."""
+    (fh, fw), (b, h, w, c) = factors, x.shape
+    x = jnp.pad(x, ((0, 0), (0, -h % fh), (0, -w % fw), (0, 0)))
+    rows, cols = x.shape[1] // fh, x.shape[2] // fw
+    x = x.reshape(b, rows, fh, cols, fw, c).transpose(0, 1, 3, 5, 2, 4)
+    return x.reshape(b, rows, cols, fh * fw * c)
 
 
 # --- The coupling as pure functions of explicit parameters and statistics ------------------------------------
@@ -123,7 +131,8 @@ def _residual(layers: Params, x: jax.Array, stats: Stats | None, mask: jax.Array
         name = f"conv_bn{index}"
         layer = layers[name]
         pad = layer["kernel"].shape[0] // 2
-        x = conv(x, layer["kernel"], (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x = conv(x, layer["kernel"], (1, 1), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                 feature_group_count=x.shape[-1] // layer["kernel"].shape[2])  # > 1: depthwise
         if stats is None:
             mean = jnp.mean(x, axis=(0, 1, 2))
             var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
