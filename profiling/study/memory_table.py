@@ -51,6 +51,7 @@ class MemoryRow:
     batch_size: int
     num_frames: int
     params_bytes: int
+    batch_stats_bytes: int
     grads_bytes: int
     optimizer_state_bytes: int
     activation_bytes: int  # estimate: XLA temporaries - grads
@@ -62,8 +63,10 @@ class MemoryRow:
         return dataclasses.asdict(self)
 
 
-def config_for(name: str, reversible: str, state_bits: int, num_frames: int):
+def config_for(name: str, reversible: str, state_bits: int, num_frames: int, model: dict | None = None):
+    """configs/<name>.py in one form, with XLA's convolutions; `model` overrides config.model's fields."""
     config = importlib.import_module(f"configs.{name}").get_config()
+    config.model.update(model or {})
     config.model.reversible = reversible
     config.model.cpu_conv = "xla"
     config.optim.state_bits = state_bits
@@ -72,19 +75,21 @@ def config_for(name: str, reversible: str, state_bits: int, num_frames: int):
 
 
 def model_rows(name: str, batch_size: int, num_frames: int, forms: Iterable[tuple[str, int]] = FORMS,
-               devices=None) -> list[MemoryRow]:
-    """One row per form of configs/<name>.py, in `forms` order; `saving` against the form ('none', 32)."""
+               devices=None, model: dict | None = None) -> list[MemoryRow]:
+    """One row per form of configs/<name>.py (`model`: overrides of config.model), in `forms` order; `saving`
+    against the form ('none', 32). One device (default: the first) holds the whole batch."""
     devices = list(devices or jax.devices()[:1])
     measured = {}
     for reversible, bits in forms:
-        config = config_for(name, reversible, bits, num_frames)
+        config = config_for(name, reversible, bits, num_frames, model)
         log.info("compiling %s reversible=%s state_bits=%d at batch %d", name, reversible, bits, batch_size)
         memory = costs.memory_report(config, batch_size=batch_size, devices=devices, run_step=False)
         grads = memory.params_bytes
         total = memory.params_bytes + memory.batch_stats_bytes + memory.optimizer_state_bytes + memory.activation_bytes
         measured[reversible, bits] = dict(
             config=name, model=config.model.name, reversible=reversible, state_bits=bits, batch_size=batch_size,
-            num_frames=num_frames, params_bytes=memory.params_bytes, grads_bytes=grads,
+            num_frames=num_frames, params_bytes=memory.params_bytes,
+            batch_stats_bytes=memory.batch_stats_bytes, grads_bytes=grads,
             optimizer_state_bytes=memory.optimizer_state_bytes, activation_bytes=memory.activation_bytes - grads,
             xla_temp_bytes=memory.activation_bytes, total_bytes=total)
     if ("none", 32) not in measured:
