@@ -40,6 +40,8 @@ from sv_jax.models import macs as macs_lib
 COUNTING_BATCH_SIZE = 8
 SCANS_UNROLLED = "reversible stages' scans unrolled for counting"
 XLA_CONVS = "counted with XLA's convolutions in place of oneDNN's (custom calls carry no count)"
+DEPTHWISE = ("depthwise convolutions counted as shifted multiply-adds (XLA's cost analysis counts their "
+             "batch-grouped weight gradient once per channel)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +142,8 @@ class CompiledPrograms:
 
     def _always_fallback(self) -> str:
         reasons = (SCANS_UNROLLED if self.config.model.reversible != "none" else "",
-                   XLA_CONVS if models.conv_lowering(self.config.model) == "onednn" else "")
+                   XLA_CONVS if models.conv_lowering(self.config.model) == "onednn" else "",
+                   DEPTHWISE if models.resolve_architecture(self.config.model)[0] == models.INVERTED else "")
         return "; ".join(r for r in reasons if r)
 
     @functools.cached_property

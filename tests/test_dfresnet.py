@@ -11,8 +11,8 @@ import pytest
 
 from profiling import xla_cost
 from profiling.gpu_check import parity
-from sv_jax import commands, models
-from sv_jax.models import dfresnet
+from sv_jax import commands, models, programs
+from sv_jax.models import depthwise, dfresnet
 from sv_jax.models import macs as macs_lib
 from sv_jax.models import resnet
 from sv_jax.models import reversible as rev
@@ -165,7 +165,7 @@ BOUNDS = {"none": 1.02, "partial": 1.04, "full": 1.02}
 def test_xla_forward_is_within_two_percent_of_twice_the_analytic_macs(mode):
     """On real input (200 x 80, T14c): XLA's forward FLOPs over 2 x the convolutions' and the embedding layer's
     multiply-adds. The rest is BN, ReLU and residual adds. One block per stage: XLA counts a scan body once."""
-    backbone = dfresnet.DFResNet(num_blocks=(1, 1, 1, 1), reversible=mode)
+    backbone = dfresnet.DFResNet(num_blocks=(1, 1, 1, 1), reversible=mode, unroll_scans=True)  # as counted
     feats = jax.ShapeDtypeStruct((1, 200, 80), jnp.float32)
     variables = jax.eval_shape(backbone.init, jax.random.key(0), feats)
     compiled = jax.jit(backbone.apply).lower(variables, feats).compile()
@@ -195,3 +195,63 @@ def test_sweeps_hold_the_four_models_and_constant_depth_stage_moves():
     assert all(sum(m.num_blocks) == 18 and models.resolve_architecture(m)[0] == "inverted" for m in models_)
     macs = [macs_lib.forward_macs(m, 200, 80, "full") for m in models_]
     assert max(macs) / min(macs) > 1.4  # the point of the sweep: stage 4 blocks cost 3.6x stage 1's
+
+
+# docs/design.md's table: full-kernel forward GMACs at 200 x 80.
+DESIGN_GMACS = {"dfresnet60": 2.793, "dfresnet114": 5.235, "dfresnet183": 8.028, "dfresnet237": 10.471}
+
+
+@pytest.mark.parametrize("name", sorted(DESIGN_GMACS))
+def test_full_kernel_macs_match_the_design_table(name):
+    assert round(macs_lib.forward_macs(_config(name).model, 200, 80, "full") / 1e9, 3) == DESIGN_GMACS[name]
+
+
+# --- Depthwise convolutions (sv_jax/models/depthwise.py) -------------------------------------------------------
+
+def _lax_depthwise(x, k, strides, padding):
+    return jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=depthwise.DIMENSION_NUMBERS,
+                                        feature_group_count=x.shape[-1])
+
+
+@pytest.mark.parametrize("strides,padding", [((1, 1), ((1, 1), (1, 1))), ((2, 1), ((1, 1), (1, 1))),
+                                             ((2, 2), ((0, 1), (1, 0)))])
+def test_shifted_depthwise_equals_lax_with_gradients(strides, padding):
+    x, k = _normal((3, 7, 9, 6), seed=9), _normal((3, 3, 1, 6), seed=10)
+    w = _normal(_lax_depthwise(x, k, strides, padding).shape, seed=11)
+    counted = depthwise.conv_function(jax.lax.conv_general_dilated, counting=True)
+    platform = depthwise.conv_function(jax.lax.conv_general_dilated)
+
+    def outputs(fn):
+        loss = lambda x_, k_: jnp.sum(jnp.sin(fn(x_, k_, strides, padding)) * w)
+        return fn(x, k, strides, padding), *jax.grad(loss, argnums=(0, 1))(x, k)
+
+    def conv(fn):
+        return lambda x_, k_, s, p: fn(x_, k_, s, p, dimension_numbers=depthwise.DIMENSION_NUMBERS,
+                                       feature_group_count=x_.shape[-1])
+
+    reference = jax.jit(lambda: outputs(_lax_depthwise))()
+    for fn in (depthwise.taps, depthwise.counted, conv(counted), conv(platform)):
+        for ours, theirs in zip(jax.jit(lambda: outputs(fn))(), reference):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_only_depthwise_convolutions_take_the_shifted_form():
+    x, k = jax.ShapeDtypeStruct((2, 5, 5, 4), jnp.float32), jax.ShapeDtypeStruct((3, 3, 1, 4), jnp.float32)
+    pads = ((1, 1), (1, 1))
+    assert depthwise.is_depthwise(x, k, (1, 1), pads, None, None, depthwise.DIMENSION_NUMBERS, 4)
+    assert not depthwise.is_depthwise(x, jax.ShapeDtypeStruct((3, 3, 2, 4), jnp.float32), (1, 1), pads, None, None,
+                                      depthwise.DIMENSION_NUMBERS, 2)  # grouped, not depthwise
+    assert not depthwise.is_depthwise(x, k, (1, 1), "SAME", None, None, depthwise.DIMENSION_NUMBERS, 4)
+    assert not depthwise.is_depthwise(x, k, (1, 1), pads, None, (2, 2), depthwise.DIMENSION_NUMBERS, 4)
+
+
+def test_a_dfresnet_train_step_is_counted_at_about_three_forwards():
+    """XLA's cost analysis counts a depthwise weight gradient once per channel over: counted as lax's grouped
+    convolution the tiny DF-ResNet's step came to 10x its forward. The counted copy has the shifted form."""
+    config = _config("dfresnet60", name="DFResNet", num_blocks=(1, 1, 1, 1), width=8)
+    config.data.num_frames = 50
+    compiled = programs.compile_programs(config, batch_size=4, num_classes=10, devices=jax.devices()[:1])
+    step, forward = compiled.train_step_cost, compiled.forward_cost
+    assert programs.DEPTHWISE in step.note and programs.DEPTHWISE in forward.note
+    ratio = (step.flops / 4) / (forward.flops / 4)
+    assert 2.9 < ratio < 3.6, ratio

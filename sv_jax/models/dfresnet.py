@@ -23,6 +23,9 @@ not one of WeSpeaker's models, and a quarter of T14c's frames in stages 3 and 4.
 Padded-batch inference is exact as in resnet.py: every activation that feeds a 3x3 convolution (the downsampling
 and the depthwise convolutions) is zeroed past the valid frames of its resolution, and TSTP pools valid frames only.
 
+The depthwise convolutions run as shifted multiply-adds on CPU, 10-15x faster there than XLA's grouped
+convolution, and are counted in that form on every backend (sv_jax/models/depthwise.py); GPUs run lax's (cuDNN's).
+
 `reversible` (sv_jax/models/reversible.py holds the couplings):
 
 - 'partial': every inverted bottleneck becomes a RevNet coupling on its stage's d channels (all of a DF-ResNet's
@@ -62,13 +65,15 @@ class InvertedBottleneck(nn.Module):
     dim: int
     dtype: Any = jnp.float32
     lowering: str = "xla"
+    counting: bool = False  # see DFResNet.unroll_scans
 
     @nn.compact
     def __call__(self, x, mask, train: bool):
         hidden = EXPANSION * self.dim
         out = nn.relu(_ConvBN(hidden, 1, 1, self.dtype, self.lowering, name="conv_bn1")(x, train))
         out = _apply_mask(out, mask)  # feeds the depthwise 3x3
-        out = nn.relu(_ConvBN(hidden, 3, 1, self.dtype, self.lowering, groups=hidden, name="conv_bn2")(out, train))
+        out = nn.relu(_ConvBN(hidden, 3, 1, self.dtype, self.lowering, groups=hidden, counting=self.counting,
+                              name="conv_bn2")(out, train))
         out = _ConvBN(self.dim, 1, 1, self.dtype, self.lowering, name="conv_bn3")(out, train)
         return nn.relu(out + x)
 
@@ -80,7 +85,10 @@ class DFResNet(nn.Module):
       num_blocks: inverted bottlenecks per stage, e.g. (3, 3, 27, 3) for DFResNet114.
       width: the stem's channels and the first stage's (WeSpeaker's dims[0] = dims[1], 32).
       time_strides: the downsampling layers' strides along time (frequency is always 2); T14c by default.
-      embed_dim, dtype, reversible, unroll_scans, conv_lowering: as sv_jax.models.resnet.ResNet's.
+      embed_dim, dtype, reversible, conv_lowering: as sv_jax.models.resnet.ResNet's.
+      unroll_scans: the model as XLA counts it, for counting FLOPs only: the reversible stages' scans unrolled (as
+        ResNet's) and the depthwise convolutions as shifted multiply-adds on every backend
+        (sv_jax.models.depthwise: XLA's cost analysis overcounts their weight gradient).
     """
 
     num_blocks: Sequence[int] = (3, 3, 9, 3)
@@ -123,12 +131,14 @@ class DFResNet(nn.Module):
             x = _apply_mask(x, mask)
             if self.reversible == "none":
                 for index in range(count):
-                    x = InvertedBottleneck(dim, dtype, lowering, name=f"layer{stage}_{index}")(x, mask, train)
+                    x = InvertedBottleneck(dim, dtype, lowering, self.unroll_scans,
+                                           name=f"layer{stage}_{index}")(x, mask, train)
                     x = _apply_mask(x, mask)
             elif count:
                 convs = reversible_lib.coupling_convs(self.reversible, "inverted", x.shape[-1], dim)
                 x = reversible_lib.ReversibleStage(count, convs, torch_default_kernel_init, self.unroll_scans,
-                                                   conv_function(lowering), name=f"layer{stage}_0")(x, mask, train)
+                                                   conv_function(lowering, self.unroll_scans),
+                                                   name=f"layer{stage}_0")(x, mask, train)
                 x = x.astype(dtype)
         if self.reversible == "full":  # the stream to the plain model's last width
             x = nn.relu(_ConvBN(self.width * STAGE_WIDTH_MULTIPLIERS[-1], 1, 1, dtype, lowering,

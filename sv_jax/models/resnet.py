@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from sv_jax.models import cpu_conv
+from sv_jax.models import depthwise
 from sv_jax.models import reversible as reversible_lib
 from sv_jax.models.pooling import tstp
 
@@ -56,9 +57,11 @@ def _apply_mask(x: jax.Array, mask: jax.Array | None) -> jax.Array:
     return x if mask is None else x * mask
 
 
-def conv_function(lowering: str):
-    """The lax.conv_general_dilated-like function of a resolved `cpu_conv` lowering ('onednn' or 'xla')."""
-    return cpu_conv.conv_general_dilated if lowering == "onednn" else jax.lax.conv_general_dilated
+def conv_function(lowering: str, counting: bool = False):
+    """The lax.conv_general_dilated-like function of a resolved `cpu_conv` lowering ('onednn' or 'xla'), with
+    depthwise convolutions (DF-ResNets) as sv_jax.models.depthwise computes them (`counting`: for counting FLOPs)."""
+    fallback = cpu_conv.conv_general_dilated if lowering == "onednn" else jax.lax.conv_general_dilated
+    return depthwise.conv_function(fallback, counting)
 
 
 class _ConvBN(nn.Module):
@@ -71,6 +74,7 @@ class _ConvBN(nn.Module):
     dtype: Any = jnp.float32
     lowering: str = "xla"  # of the convolution: 'onednn' or 'xla' (sv_jax.models.cpu_conv)
     groups: int = 1
+    counting: bool = False  # depthwise convolutions in the form XLA counts right (sv_jax.models.depthwise)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -78,7 +82,7 @@ class _ConvBN(nn.Module):
         x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
                     padding=((pad, pad), (pad, pad)), use_bias=False, dtype=self.dtype,
                     feature_group_count=self.groups, kernel_init=torch_default_kernel_init,
-                    conv_general_dilated=conv_function(self.lowering), name="conv")(x)
+                    conv_general_dilated=conv_function(self.lowering, self.counting), name="conv")(x)
         return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                             dtype=self.dtype, name="bn")(x)
 
