@@ -121,8 +121,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     # time, as sv_jax.programs compiles it for benchmarks and sweeps; its FLOPs and memory are part of the profile.
     lowering = models.conv_lowering(config.model)
     reason = "" if lowering == "onednn" or jax.default_backend() != "cpu" else models.cpu_conv.unavailable_reason()
-    log.info("convolutions: %s%s", {"onednn": "oneDNN (sv_jax.models.cpu_conv)", "xla": "XLA's"}[lowering],
-             f" (oneDNN unavailable: {reason})" if reason else "")
+    depthwise = models.resolve_architecture(config.model)[0] == models.INVERTED
+    log.info("convolutions: %s%s%s", {"onednn": "oneDNN (sv_jax.models.cpu_conv)", "xla": "XLA's"}[lowering],
+             f" (oneDNN unavailable: {reason})" if reason else "",
+             "; depthwise: shifted multiply-adds on CPU (sv_jax.models.depthwise)" if depthwise else "")
     programs = programs_lib.compile_programs(
         config, global_batch, data.num_classes, list(mesh.devices.flat), steps_per_epoch=steps_per_epoch,
         forward_batch_size=parallel.round_up(programs_lib.COUNTING_BATCH_SIZE, mesh.size))
