@@ -50,7 +50,7 @@ import jax.numpy as jnp
 
 from sv_jax.models import reversible as reversible_lib
 from sv_jax.models.pooling import tstp
-from sv_jax.models.resnet import (_ConvBN, _apply_mask, _torch_default_bias_init, conv_function,
+from sv_jax.models.resnet import (_ConvBN, _apply_mask, _torch_default_bias_init, check_call, conv_function,
                                   downsampled_lengths, time_mask, torch_default_kernel_init)
 
 STAGE_WIDTH_MULTIPLIERS = (1, 2, 4, 8)
@@ -105,12 +105,7 @@ class DFResNet(nn.Module):
         if len(self.num_blocks) != 4 or len(self.time_strides) != 4:
             raise ValueError(f"num_blocks and time_strides need one entry per stage (4), got "
                              f"{tuple(self.num_blocks)} and {tuple(self.time_strides)}")
-        if self.reversible not in reversible_lib.MODES:
-            raise ValueError(f"unknown reversible {self.reversible!r}; choose one of {list(reversible_lib.MODES)}")
-        if self.reversible != "none" and self.width % 2:
-            raise ValueError(f"reversible couplings split channels in halves: width must be even, got {self.width}")
-        if train and lengths is not None:
-            raise ValueError("lengths (padded batches) are for inference only: padding would bias BN statistics")
+        check_call(self.reversible, self.width, train, lengths)
         lowering, dtype = self.conv_lowering, self.dtype
         x = jnp.transpose(feats, (0, 2, 1))[..., None].astype(dtype)  # (B, F, T, 1): F is height, T width
         mask = time_mask(lengths, x.shape[2], dtype)
@@ -134,7 +129,7 @@ class DFResNet(nn.Module):
                     x = InvertedBottleneck(dim, dtype, lowering, self.unroll_scans,
                                            name=f"layer{stage}_{index}")(x, mask, train)
                     x = _apply_mask(x, mask)
-            elif count:
+            elif count:  # every block of the stage a coupling
                 convs = reversible_lib.coupling_convs(self.reversible, "inverted", x.shape[-1], dim)
                 x = reversible_lib.ReversibleStage(count, convs, torch_default_kernel_init, self.unroll_scans,
                                                    conv_function(lowering, self.unroll_scans),

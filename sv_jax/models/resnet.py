@@ -57,6 +57,16 @@ def _apply_mask(x: jax.Array, mask: jax.Array | None) -> jax.Array:
     return x if mask is None else x * mask
 
 
+def check_call(reversible: str, width: int, train: bool, lengths: jax.Array | None) -> None:
+    """What a backbone's (ResNet's, DFResNet's) attributes and call must agree on; ValueError otherwise."""
+    if reversible not in reversible_lib.MODES:
+        raise ValueError(f"unknown reversible {reversible!r}; choose one of {list(reversible_lib.MODES)}")
+    if reversible != "none" and width % 2:
+        raise ValueError(f"reversible couplings split channels in halves: width must be even, got {width}")
+    if train and lengths is not None:
+        raise ValueError("lengths (padded batches) are for inference only: padding would bias BN statistics")
+
+
 def conv_function(lowering: str, counting: bool = False):
     """The lax.conv_general_dilated-like function of a resolved `cpu_conv` lowering ('onednn' or 'xla'), with
     depthwise convolutions (DF-ResNets) as sv_jax.models.depthwise computes them (`counting`: for counting FLOPs)."""
@@ -160,12 +170,7 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown block {self.block!r}; choose one of {sorted(BLOCKS)}")
         if len(self.num_blocks) != 4:
             raise ValueError(f"num_blocks needs one entry per stage (4), got {tuple(self.num_blocks)}")
-        if self.reversible not in reversible_lib.MODES:
-            raise ValueError(f"unknown reversible {self.reversible!r}; choose one of {list(reversible_lib.MODES)}")
-        if self.reversible != "none" and self.width % 2:
-            raise ValueError(f"reversible couplings split channels in halves: width must be even, got {self.width}")
-        if train and lengths is not None:
-            raise ValueError("lengths (padded batches) are for inference only: padding would bias BN statistics")
+        check_call(self.reversible, self.width, train, lengths)
         block_cls = BLOCKS[self.block]
         x = jnp.transpose(feats, (0, 2, 1))[..., None].astype(self.dtype)  # (B, F, T, 1): F is height, T width
         mask = time_mask(lengths, x.shape[2], self.dtype)
