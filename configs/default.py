@@ -103,8 +103,11 @@ def get_config():
     train.num_epochs = 150
     train.steps_per_epoch = 0  # 0 = training utterances // global batch
     train.log_every_steps = 100
-    train.checkpoint_every_steps = 1000
-    train.keep_checkpoints = 3
+    train.checkpoint_every_steps = 0  # 0 = at the end of every epoch (WeSpeaker's cadence); a preemption saves too
+    train.keep_checkpoints = 3  # at least average_last + 1 are kept when averaging (sv_jax/averaging.py)
+    # Average the last N checkpoints at the end, evaluate the average and keep it (<workdir>/averaged), as WeSpeaker's
+    # avg_model (its recipe: 10); 0 or 1 = evaluate the last state.
+    train.average_last = 10
     train.eval_every_steps = 0  # 0 = evaluate only at the end
     # A NaN/Inf loss or gradient: 'stop' ends the run with an error naming the step (the last checkpoint, written
     # before it, is kept) | 'skip' leaves the state as it was, counts the step and goes on.

@@ -40,6 +40,7 @@ def get_config():
 
     config.train.log_every_steps = 20
     config.train.checkpoint_every_steps = 100
+    config.train.average_last = 0  # the last state is evaluated (the recipe averages the last 10: default.py)
     config.eval.bucket_frames = 100
     config.eval.num_train_utts = 400
     return config

@@ -30,11 +30,15 @@ def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
 
 
-class Checkpointer:
-    """Keeps the latest `max_to_keep` checkpoints of `workdir/checkpoints`."""
+TRAINING = "checkpoints"  # the train state of training steps (and an imported model's variables, step 0)
+AVERAGED = "averaged"  # the average of the last checkpoints (sv_jax.averaging): params and BN statistics only
 
-    def __init__(self, workdir: str | pathlib.Path, max_to_keep: int = 3):
-        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+
+class Checkpointer:
+    """Keeps the latest `max_to_keep` checkpoints of `workdir/<subdir>` (None: all)."""
+
+    def __init__(self, workdir: str | pathlib.Path, max_to_keep: int | None = 3, subdir: str = TRAINING):
+        self.directory = pathlib.Path(workdir).absolute() / subdir
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
@@ -42,6 +46,12 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def delete(self, step: int) -> None:
+        self._manager.delete(step)
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Starts an asynchronous save; the next save or `close` waits for it."""

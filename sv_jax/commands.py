@@ -1,4 +1,4 @@
-"""The modes of `python -m sv_jax.main`: train, eval, extract and describe."""
+"""The modes of `python -m sv_jax.main`: train, eval, extract, describe, import and average."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cli import ConfigError, MissingInputError
+from cli import ConfigError, MissingInputError, UserError
+from sv_jax import averaging
 from sv_jax import checkpoint as checkpoint_lib
 from sv_jax import evaluation
 from sv_jax import data_sources
@@ -17,7 +18,11 @@ from sv_jax import models
 from sv_jax import parallel
 
 
-def run(mode: str, config, workdir: str, *, audio_list: str | None = None, output: str | None = None) -> dict:
+MODES = ("train", "eval", "extract", "describe", "import", "average")
+
+
+def run(mode: str, config, workdir: str, *, audio_list: str | None = None, output: str | None = None,
+        torch_checkpoint: str | None = None, average_last: int | None = None) -> dict:
     if mode == "train":
         from sv_jax import train  # pylint: disable=import-outside-toplevel
         return train.train_and_evaluate(config, workdir)
@@ -29,7 +34,11 @@ def run(mode: str, config, workdir: str, *, audio_list: str | None = None, outpu
         description = describe(config)
         print(json.dumps(description, indent=2))
         return description
-    raise ConfigError(f"unknown mode {mode!r}; choose one of ['train', 'eval', 'extract', 'describe']")
+    if mode == "import":
+        return import_wespeaker(config, workdir, torch_checkpoint)
+    if mode == "average":
+        return average(config, workdir, config.train.average_last if average_last is None else average_last)
+    raise ConfigError(f"unknown mode {mode!r}; choose one of {list(MODES)}")
 
 
 def describe(config) -> dict:
@@ -73,26 +82,24 @@ def _execution_order(name: str) -> tuple:
     return (2, name != "out_conv", name)
 
 
-def _restore_variables(config, workdir: str):
-    """Backbone + head variables of the latest checkpoint, replicated over all devices."""
-    checkpointer = checkpoint_lib.Checkpointer(workdir)
-    step = checkpointer.latest_step()
-    if step is None:
-        raise MissingInputError(f"no checkpoint in {checkpointer.directory}: train first (--mode=train)")
-    state = checkpointer.restore_raw(step)
+def restore_for_inference(config, workdir: str):
+    """The model and the variables inference uses (sv_jax.averaging.inference_state: the average of the last
+    checkpoints, or the latest one), replicated over all devices: (model, variables, mesh, {'step', 'checkpoint'})."""
+    state, source = averaging.inference_state(workdir)
     mesh = parallel.create_mesh()
     variables = jax.device_put({"params": state["params"], "batch_stats": state["batch_stats"]},
                                parallel.replicated(mesh))
-    num_classes = int(np.shape(state["params"]["head"]["weight"])[-1])
+    head = state["params"].get("head")
+    num_classes = int(np.shape(head["weight"])[-1]) if head else 1  # imported without a head: embed never uses it
     model = models.create_model(config.model, num_classes)
-    return model, variables, mesh, step
+    return model, variables, mesh, source
 
 
 def evaluate_latest(config, workdir: str) -> dict:
-    model, variables, mesh, step = _restore_variables(config, workdir)
+    model, variables, mesh, source = restore_for_inference(config, workdir)
     data = data_sources.resolve_data(config.data, workdir, need_train=config.eval.subtract_mean or config.eval.as_norm)
     results = evaluation.evaluate(evaluation.Embedder(model, mesh), variables, config, data)
-    report = {"step": step, "eval": results}
+    report = {**source, "eval": results}
     (pathlib.Path(workdir) / "eval.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return report
@@ -107,9 +114,74 @@ def extract(config, workdir: str, audio_list: str | None, output: str | None) ->
     missing = [p for p in paths if not pathlib.Path(p).is_file()]
     if missing:
         raise MissingInputError(f"{audio_list}: {len(missing)} listed files do not exist, e.g. {missing[:10]}")
-    model, variables, mesh, step = _restore_variables(config, workdir)
+    model, variables, mesh, source = restore_for_inference(config, workdir)
     embeddings = evaluation.embed_files(evaluation.Embedder(model, mesh), variables, config, paths)
     np.save(output, embeddings)
-    report = {"step": step, "utterances": len(paths), "embed_dim": int(embeddings.shape[1]), "output": output}
+    report = {**source, "utterances": len(paths), "embed_dim": int(embeddings.shape[1]), "output": output}
     print(json.dumps(report))
+    return report
+
+
+def import_wespeaker(config, workdir: str, torch_checkpoint: str | None) -> dict:
+    """A WeSpeaker state dict (`avg_model.pt`) -> an orbax checkpoint (step 0) in `workdir` that eval, extract and
+    training (fine-tuning) start from; sv_jax/wespeaker.py documents the mapping."""
+    from sv_jax import wespeaker  # pylint: disable=import-outside-toplevel
+    if not torch_checkpoint:
+        raise ConfigError("--mode=import needs --torch_checkpoint=<a WeSpeaker state dict, e.g. avg_model.pt>")
+    if config.model.reversible != "none":
+        raise ConfigError(f"model.reversible={config.model.reversible!r}: WeSpeaker's models are plain; import with "
+                          "--config.model.reversible=none")
+    checkpointer = checkpoint_lib.Checkpointer(workdir)
+    try:
+        existing = checkpointer.latest_step()
+        if existing is not None:
+            raise ConfigError(f"{checkpointer.directory} already holds checkpoints (latest step {existing}): import "
+                              "into a new --workdir (nothing there is overwritten)")
+        try:
+            state = wespeaker.read_torch_checkpoint(torch_checkpoint)
+        except FileNotFoundError as error:
+            raise MissingInputError(str(error)) from error
+        except (ImportError, ValueError) as error:
+            raise UserError(str(error)) from error
+        backbone = models.create_model(config.model, num_classes=1).backbone
+        feats = jnp.zeros((1, config.data.num_frames, config.data.num_mel_bins), jnp.float32)
+        shapes = jax.eval_shape(lambda: backbone.init(jax.random.key(0), feats))
+        abstract = {collection: {"backbone": shapes[collection]} for collection in ("params", "batch_stats")}
+        try:
+            variables, notes = wespeaker.import_state_dict(
+                state, abstract, source=torch_checkpoint,
+                hint=f"the model is {config.model.name} (width {config.model.width}, embed_dim "
+                     f"{config.model.embed_dim}, {config.data.num_mel_bins} mel bins): is that the checkpoint's "
+                     "config? (--config.model.*, --config.data.num_mel_bins)")
+        except wespeaker.MappingError as error:
+            raise UserError(str(error)) from error
+        head = variables["params"].get("head")
+        classes = int(head["weight"].shape[-1]) if head else None
+        if classes:
+            notes.append(f"{wespeaker.HEAD_KEY}: {classes} classes, kept (training on data with another class "
+                         "count starts a new head)")
+        checkpointer.save(0, variables, {"imported_from": str(pathlib.Path(torch_checkpoint).absolute()),
+                                         "format": "wespeaker", "head_classes": classes, "step": 0,
+                                         "next_position": 0, "next_positions": [0]})
+    finally:
+        checkpointer.close()
+    report = {"imported_from": torch_checkpoint, "model": config.model.name,
+              "params": models.count_params(variables["params"]["backbone"]), "head_classes": classes,
+              "tensors": len(state), "checkpoint": str(checkpointer.directory / "0"), "notes": notes}
+    pathlib.Path(workdir, "import.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    return report
+
+
+def average(config, workdir: str, average_last: int) -> dict:
+    """Averages the last `average_last` checkpoints of `workdir` (sv_jax.averaging), keeps the average, evaluates it
+    when the config names trials (data.trials, or the synthetic corpus)."""
+    if average_last < 1:
+        raise ConfigError(f"--average_last={average_last}: average at least 1 checkpoint (WeSpeaker averages 10)")
+    _, steps = averaging.average_last(workdir, average_last)
+    report = {"averaged_steps": steps}
+    if config.data.source == "synthetic" or config.data.trials:
+        report.update(evaluate_latest(config, workdir))
+    else:
+        print(json.dumps(report))
     return report

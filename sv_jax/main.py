@@ -3,8 +3,10 @@
 Multi-process (several hosts, or several processes on one): see sv_jax/distributed.py for the flags.
 
 Modes: train (default; trains, resuming from the workdir's latest checkpoint, then evaluates), eval (evaluates the
-latest checkpoint), extract (embeddings of the audio files listed in --audio_list to --output .npy), describe (prints
-the model's parameter count and layer output shapes as JSON; no data, no training).
+latest checkpoint, or its average), extract (embeddings of the audio files listed in --audio_list to --output .npy),
+describe (prints the model's parameter count and layer output shapes as JSON; no data, no training), import (a
+WeSpeaker checkpoint, --torch_checkpoint=avg_model.pt, into the workdir: sv_jax/wespeaker.py), average (the last
+--average_last checkpoints, as WeSpeaker's recipe: sv_jax/averaging.py).
 
 A configuration or input mistake prints one line (`error: ...`, naming the key or file and the next step) and exits
 with status 2; `--traceback` shows its traceback too (see cli/__init__.py).
@@ -22,14 +24,15 @@ from ml_collections import config_flags  # pylint: disable=wrong-import-position
 import cli  # pylint: disable=wrong-import-position
 from sv_jax import commands, distributed  # pylint: disable=wrong-import-position
 
-MODES = ("train", "eval", "extract", "describe")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Python config file (get_config()).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory; default runs/<config file stem>.")
-flags.DEFINE_enum("mode", "train", MODES, "What to do.")
+flags.DEFINE_enum("mode", "train", commands.MODES, "What to do.")
 flags.DEFINE_string("audio_list", None, "extract: text file with one audio path per line.")
 flags.DEFINE_string("output", None, "extract: .npy file for the [N, embed_dim] embeddings (list order).")
+flags.DEFINE_string("torch_checkpoint", None, "import: a WeSpeaker PyTorch state dict (avg_model.pt); needs torch.")
+flags.DEFINE_integer("average_last", None, "average: how many of the last checkpoints (default train.average_last).")
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 (with the next two).")
 flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes take part.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index, 0 .. num_processes - 1.")
@@ -45,7 +48,8 @@ def main(argv):
     workdir = FLAGS.workdir or str(pathlib.Path("runs") / pathlib.Path(config_flags.get_config_filename(
         FLAGS["config"])).stem)
     std_logging.getLogger("sv_jax").info("mode %s, workdir %s", FLAGS.mode, workdir)
-    commands.run(FLAGS.mode, FLAGS.config, workdir, audio_list=FLAGS.audio_list, output=FLAGS.output)
+    commands.run(FLAGS.mode, FLAGS.config, workdir, audio_list=FLAGS.audio_list, output=FLAGS.output,
+                 torch_checkpoint=FLAGS.torch_checkpoint, average_last=FLAGS.average_last)
 
 
 def _configure_logging():

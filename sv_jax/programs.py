@@ -44,6 +44,15 @@ DEPTHWISE = ("depthwise convolutions counted as shifted multiply-adds (XLA's cos
              "batch-grouped weight gradient once per channel)")
 
 
+def counting_fallback(model_config) -> str:
+    """Why the model's programs must be counted on a copy lowered for counting (models.create_model's
+    `for_counting`), in words; '' when the programs themselves can be counted."""
+    reasons = (SCANS_UNROLLED if model_config.reversible != "none" else "",
+               XLA_CONVS if models.conv_lowering(model_config) == "onednn" else "",
+               DEPTHWISE if models.resolve_architecture(model_config)[0] == models.INVERTED else "")
+    return "; ".join(r for r in reasons if r)
+
+
 @dataclasses.dataclass(frozen=True)
 class LoweredPrograms:
     """A config's train step and forward, lowered for `mesh` (not yet compiled), and the abstract state."""
@@ -141,10 +150,7 @@ class CompiledPrograms:
                               forward_batch_size=lowered.forward_batch_size, for_counting=True)
 
     def _always_fallback(self) -> str:
-        reasons = (SCANS_UNROLLED if self.config.model.reversible != "none" else "",
-                   XLA_CONVS if models.conv_lowering(self.config.model) == "onednn" else "",
-                   DEPTHWISE if models.resolve_architecture(self.config.model)[0] == models.INVERTED else "")
-        return "; ".join(r for r in reasons if r)
+        return counting_fallback(self.config.model)
 
     @functools.cached_property
     def train_step_cost(self) -> xla_cost.ProgramCost:

@@ -19,7 +19,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from cli import UserError
+from cli import ConfigError, UserError
+from sv_jax import averaging
 from sv_jax import checkpoint as checkpoint_lib
 from sv_jax import data_sources
 from sv_jax import evaluation
@@ -99,6 +100,28 @@ def _resume_position(meta: dict, process_index: int, process_count: int) -> int:
     return max(positions)
 
 
+def _from_imported(state, variables: dict, num_classes: int):
+    """The fresh train state with an imported model's backbone variables (sv_jax.commands.import_wespeaker), and its
+    head when the class count is the training data's; step 0, a fresh optimizer state: fine-tuning."""
+    def placed(new, like):
+        if np.shape(new) != like.shape:
+            raise UserError(f"the imported variables do not fit the model ({np.shape(new)} for {like.shape}): was "
+                            "the config changed since --mode=import?")
+        return jax.device_put(np.asarray(new, like.dtype), like.sharding)
+
+    params = dict(state.params)
+    params["backbone"] = jax.tree_util.tree_map(placed, variables["params"]["backbone"], state.params["backbone"])
+    head = variables["params"].get("head")
+    if head is not None and np.shape(head["weight"]) == state.params["head"]["weight"].shape:
+        params["head"] = {"weight": placed(head["weight"], state.params["head"]["weight"])}
+        log.info("fine-tuning the imported model, its head (%d classes) included", num_classes)
+    else:
+        log.info("fine-tuning the imported model with a new head: %s", "it had none" if head is None else
+                 f"it has {np.shape(head['weight'])[-1]} classes, the training data {num_classes}")
+    batch_stats = jax.tree_util.tree_map(placed, variables["batch_stats"], state.batch_stats)
+    return state.replace(params=params, batch_stats=batch_stats)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
     """Trains (resuming from workdir's latest checkpoint), evaluates, writes summary.json; returns the summary."""
     # Set up.
@@ -112,6 +135,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     global_batch = config.data.batch_size
     steps_per_epoch = config.train.steps_per_epoch or max(len(data.train) // global_batch, 1)
     total_steps = config.train.num_epochs * steps_per_epoch
+    checkpoint_every = config.train.checkpoint_every_steps or steps_per_epoch  # 0: every epoch, as WeSpeaker
+    average_last = config.train.average_last
+    if average_last < 0 or config.train.checkpoint_every_steps < 0:
+        raise ConfigError(f"train.average_last={average_last} and train.checkpoint_every_steps="
+                          f"{config.train.checkpoint_every_steps} must be >= 0")
 
     # The job's energy sensors, and their idle baseline, before anything is compiled or run.
     mesh = parallel.create_mesh(devices)
@@ -133,9 +161,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     embedder = evaluation.Embedder(programs.lowered.components.model, mesh)
 
     # Checkpoint restore.
-    checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
+    checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=averaging.checkpoints_to_keep(
+        config.train.keep_checkpoints, average_last))
     next_position, meta = 0, {}
-    restored = checkpointer.restore(state)
+    latest = checkpointer.latest_step()
+    imported = latest is not None and bool(checkpointer.read_meta(latest).get("imported_from"))
+    restored = None if imported else checkpointer.restore(state)
+    if imported:  # step 0 of an imported model: fine-tune it
+        state = _from_imported(state, checkpointer.restore_raw(latest), data.num_classes)
     if restored is not None:
         state, meta = restored
         next_position = _resume_position(meta, process_index, process_count)
@@ -184,13 +217,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                 profiler.step(step, metrics)
                 is_last = step == total_steps
                 stop = watcher.should_stop(step)  # a preemption notice: checkpoint this step and leave
-                is_checkpoint = step % config.train.checkpoint_every_steps == 0 or is_last or stop
+                on_cadence = step % checkpoint_every == 0 or is_last
+                is_checkpoint = on_cadence or stop
                 if step % config.train.log_every_steps == 0 or is_checkpoint:
                     last_metrics = flush_metrics(step)
                 if is_checkpoint:
                     positions = _all_positions(next_position, process_count)
                     checkpointer.save(step, state, {"next_position": max(positions), "next_positions": positions,
-                                                     "step": step, "skipped_steps": nonfinite.skipped})
+                                                     "step": step, "skipped_steps": nonfinite.skipped,
+                                                     "on_cadence": on_cadence})
                 if stop and not is_last:
                     preempted_at = step
                     break
@@ -212,8 +247,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
             writer.flush()
             return {"preempted_at_step": preempted_at, "signal": watcher.signal_name, "steps": preempted_at}
 
+        eval_variables, averaged = state.variables, None
+        if average_last > 1:  # WeSpeaker's avg_model: the recipe evaluates the average of the last checkpoints
+            with profiler.paused():
+                average, averaged = averaging.average_last(workdir, average_last)
+                eval_variables = jax.device_put(average, parallel.replicated(mesh))
         with profiler.evaluation(evaluation.num_embedded(config, data)):
-            eval_results = evaluation.evaluate(embedder, state.variables, config, data)
+            eval_results = evaluation.evaluate(embedder, eval_variables, config, data)
         writer.write_scalars(int(state.step), reporting.eval_scalars(eval_results))
         writer.flush()
         summary = {
@@ -232,6 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                                                                 data.train.root),
                      "bad_audio_skipped": bad_audio_log.count, "bad_audio_files": bad_audio_log.files[:100]},
             "eval": eval_results,
+            "eval_checkpoint": f"average of steps {averaged}" if averaged else f"step {int(state.step)}",
             **profiler.summary(total_steps_run=int(state.step)),
         }
     if process_index == 0:

@@ -201,7 +201,8 @@ def _modules_after_import(*modules: str) -> set[str]:
       "profiling.xla_memory", "profiling.macs", "profiling.windows", "profiling.names"),
      ("sv_jax", "data_pipeline", "tensorflow", "profiling.study")),
     # The study's GPU-side commands measure the trainer's programs without TensorFlow.
-    (("profiling.study.benchmark", "profiling.study.measure", "profiling.study.analysis"), ("tensorflow",)),
+    (("profiling.study.benchmark", "profiling.study.measure", "profiling.study.analysis",
+      "profiling.study.inference_cost"), ("tensorflow",)),
     # PyTorch (optional) runs only in the benchmark's child process (profiling.study.torch_reference).
     (("profiling.study.benchmark", "profiling.study.torch_comparison"), ("torch",)),
     (("profiling.gpu_check.checks",), ("tensorflow",)),

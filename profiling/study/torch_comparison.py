@@ -61,8 +61,6 @@ def reference_spec(config, batch_size: int, num_classes: int, devices: Sequence)
     platforms = sorted({d.platform for d in devices})
     refusals = {"the benchmark's devices": (platforms != ["cpu"], f"{platforms} (the reference runs on CPU: "
                                                                   "JAX_PLATFORMS=cpu)"),
-                "model.name": (models.resolve_architecture(model)[0] == models.INVERTED,
-                               f"{model.name!r} (the reference is a ResNet, not a DF-ResNet)"),
                 "model.dtype": (model.dtype != "float32", f"{model.dtype!r} (the reference is float32)"),
                 "model.reversible": (model.reversible != "none", f"{model.reversible!r} (the reference is 'none')"),
                 "optim.state_bits": (optim.state_bits != 32, f"{optim.state_bits} (the reference keeps 32)")}
@@ -70,8 +68,9 @@ def reference_spec(config, batch_size: int, num_classes: int, devices: Sequence)
         if refused:
             raise cli.ConfigError(f"--torch_reference cannot compare {key} {why}")
     block, num_blocks = models.resolve_architecture(model)
+    time_strides = models.resolve_time_strides(model) or models.GEMINI_TIME_STRIDES
     scale = batch_size / 64.0 if optim.scale_lr_by_batch else 1.0
-    return {"block": block, "num_blocks": list(num_blocks), "width": model.width, "embed_dim": model.embed_dim,
+    return {"block": block, "num_blocks": list(num_blocks), "time_strides": list(time_strides), "width": model.width, "embed_dim": model.embed_dim,
             "num_mel_bins": config.data.num_mel_bins, "num_frames": config.data.num_frames,
             "num_classes": num_classes, "batch_size": batch_size, "scale": model.head.scale,
             "easy_margin": model.head.easy_margin, "margin": config.loss.final_margin, "optimizer": optim.name,

@@ -11,11 +11,14 @@ unbiased std over time, 1e-7 under the root, one frame counted as one degree of 
 one Linear `seg_1` to the embedding. The training head is ArcMarginProduct as sv_jax/models/heads.py computes it,
 the loss cross-entropy, the optimizer the config's as sv_jax/optim builds it (SGD with coupled weight decay,
 momentum and Nesterov; Adam with coupled decay; AdamW). Initialisation is PyTorch's default (which sv_jax imitates)
-and Xavier-uniform for the head. Modules are named as sv_jax's (`stem`, `layer1.0.conv_bn1`, `seg_1`), so
-`copy_flax_variables` maps a Flax model's variables onto this one.
+and Xavier-uniform for the head. The backbones' modules are named as WeSpeaker's (`conv1`, `layer1.0.bn2`,
+`downsample_layers.1.0`, `stages.2.0.conv2`, `seg_1`), so `backbone.state_dict()` is a WeSpeaker checkpoint and
+`copy_flax_variables` maps a Flax model's variables onto it through sv_jax/wespeaker.py. DF-ResNets ('inverted'
+blocks) as sv_jax/models/dfresnet.py: a stem, per stage a downsampling conv3x3+BN and inverted bottlenecks.
 
 Run as a module it is the benchmark's child process (profiling.study.torch_comparison starts it), so that PyTorch's
-thread pool never shares a process with XLA's; it imports torch, numpy and the standard library only. It reads one
+thread pool never shares a process with XLA's; it imports torch, numpy, the standard library and sv_jax/wespeaker.py
+(numpy only) and nothing that imports jax. It reads one
 JSON request per line on stdin and writes one JSON answer per line on stdout (anything else written to stdout goes
 to stderr):
 
@@ -34,16 +37,17 @@ import dataclasses
 import json
 import math
 import os
-import re
 import sys
 import time
 import traceback
-from typing import Any, Mapping, Sequence, TextIO
+from typing import Mapping, Sequence, TextIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sv_jax import wespeaker  # numpy only: the WeSpeaker <-> sv_jax name mapping
 
 STAGE_STRIDES = (1, 2, 2, 2)
 STAGE_WIDTH_MULTIPLIERS = (1, 2, 4, 8)
@@ -54,7 +58,7 @@ STD_EPSILON = 1e-7  # sv_jax/models/pooling.py (WeSpeaker's)
 class ReferenceSpec:
     """What the reference builds: the sv_jax config fields it reads (profiling.study.torch_comparison makes one)."""
 
-    block: str  # 'basic' | 'bottleneck'
+    block: str  # 'basic' | 'bottleneck' | 'inverted' (DF-ResNets)
     num_blocks: Sequence[int]  # blocks per stage, 4 entries
     width: int
     embed_dim: int
@@ -73,24 +77,23 @@ class ReferenceSpec:
     betas: Sequence[float] = (0.9, 0.999)
     eps: float = 1e-8
     seed: int = 0
+    time_strides: Sequence[int] = (1, 2, 1, 1)  # DF-ResNets only: WeSpeaker's T14c
 
 
-class ConvBN(nn.Module):
-    """Conv (no bias, symmetric padding kernel // 2) + BatchNorm (eps 1e-5, momentum 0.1)."""
-
-    def __init__(self, in_planes: int, planes: int, kernel: int, stride: int = 1):
-        super().__init__()
-        self.conv = nn.Conv2d(in_planes, planes, kernel, stride, padding=kernel // 2, bias=False)
-        self.bn = nn.BatchNorm2d(planes, eps=1e-5, momentum=0.1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x))
+def _conv(in_planes: int, planes: int, kernel: int, stride=1, groups: int = 1) -> nn.Conv2d:
+    """A conv with no bias and symmetric padding kernel // 2."""
+    return nn.Conv2d(in_planes, planes, kernel, stride, padding=kernel // 2, groups=groups, bias=False)
 
 
-def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
+def _bn(planes: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(planes, eps=1e-5, momentum=0.1)
+
+
+def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
+    """A conv1x1+BN projection where the shape changes, otherwise the identity (an empty Sequential)."""
     if stride == 1 and in_planes == out_planes:
-        return nn.Identity()
-    return ConvBN(in_planes, out_planes, 1, stride)
+        return nn.Sequential()
+    return nn.Sequential(_conv(in_planes, out_planes, 1, stride), _bn(out_planes))
 
 
 class BasicBlock(nn.Module):
@@ -98,12 +101,12 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_planes: int, planes: int, stride: int):
         super().__init__()
-        self.conv_bn1 = ConvBN(in_planes, planes, 3, stride)
-        self.conv_bn2 = ConvBN(planes, planes, 3)
+        self.conv1, self.bn1 = _conv(in_planes, planes, 3, stride), _bn(planes)
+        self.conv2, self.bn2 = _conv(planes, planes, 3), _bn(planes)
         self.shortcut = _shortcut(in_planes, planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv_bn2(F.relu(self.conv_bn1(x)))
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
         return F.relu(out + self.shortcut(x))
 
 
@@ -112,17 +115,35 @@ class Bottleneck(nn.Module):
 
     def __init__(self, in_planes: int, planes: int, stride: int):
         super().__init__()
-        self.conv_bn1 = ConvBN(in_planes, planes, 1)
-        self.conv_bn2 = ConvBN(planes, planes, 3, stride)
-        self.conv_bn3 = ConvBN(planes, planes * 4, 1)
+        self.conv1, self.bn1 = _conv(in_planes, planes, 1), _bn(planes)
+        self.conv2, self.bn2 = _conv(planes, planes, 3, stride), _bn(planes)
+        self.conv3, self.bn3 = _conv(planes, planes * 4, 1), _bn(planes * 4)
         self.shortcut = _shortcut(in_planes, planes * 4, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.conv_bn2(F.relu(self.conv_bn1(x))))
-        return F.relu(self.conv_bn3(out) + self.shortcut(x))
+        out = F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+        return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+
+class InvertedBottleneck(nn.Module):
+    """DF-ResNets' block on d channels: conv1x1 d -> 4d, depthwise 3x3 on 4d, conv1x1 4d -> d (each + BN), plus the
+    input, ReLU."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv1, self.bn1 = _conv(dim, 4 * dim, 1), _bn(4 * dim)
+        self.conv2, self.bn2 = _conv(4 * dim, 4 * dim, 3, groups=4 * dim), _bn(4 * dim)
+        self.conv3, self.bn3 = _conv(4 * dim, dim, 1), _bn(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return F.relu(self.bn3(self.conv3(out)) + x)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+INVERTED = "inverted"
+DFRESNET_DIMS = (1, 1, 2, 4, 8)  # multiples of the width: stem, then the four stages (WeSpeaker's 32-32-64-128-256)
 
 
 def tstp(x: torch.Tensor) -> torch.Tensor:
@@ -130,6 +151,10 @@ def tstp(x: torch.Tensor) -> torch.Tensor:
     correction = 1 if x.shape[-1] > 1 else 0  # sv_jax divides by max(T - 1, 1)
     std = torch.sqrt(torch.var(x, dim=-1, correction=correction) + STD_EPSILON)
     return torch.cat([x.mean(dim=-1).flatten(1), std.flatten(1)], dim=-1)
+
+
+def _as_image(feats: torch.Tensor) -> torch.Tensor:
+    return feats.transpose(1, 2).unsqueeze(1)  # (B, T, F) -> (B, 1, F, T): F is height, T width
 
 
 class ResNet(nn.Module):
@@ -141,7 +166,7 @@ class ResNet(nn.Module):
             raise ValueError(f"block must be one of {sorted(BLOCKS)} and num_blocks 4 ints, got {block!r}, "
                              f"{tuple(num_blocks)}")
         block_cls, in_planes, freq = BLOCKS[block], width, num_mel_bins
-        self.stem = ConvBN(1, width, 3)
+        self.conv1, self.bn1 = _conv(1, width, 3), _bn(width)
         for stage, (count, stride, mult) in enumerate(zip(num_blocks, STAGE_STRIDES, STAGE_WIDTH_MULTIPLIERS), 1):
             blocks = []
             for index in range(count):
@@ -152,9 +177,36 @@ class ResNet(nn.Module):
         self.seg_1 = nn.Linear(2 * in_planes * freq, embed_dim)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.stem(feats.transpose(1, 2).unsqueeze(1)))  # (B, 1, F, T): F is height, T width
+        x = F.relu(self.bn1(self.conv1(_as_image(feats))))
         for stage in range(1, 5):
             x = getattr(self, f"layer{stage}")(x)
+        return self.seg_1(tstp(x))
+
+
+class DFResNet(nn.Module):
+    """[B, T, F] features -> [B, embed_dim] embeddings; sv_jax.models.dfresnet.DFResNet without reversible stages:
+    a 3x3 stem, then per stage a downsampling conv3x3+BN (stride 2 along frequency, `time_strides` along time) and
+    inverted bottlenecks."""
+
+    def __init__(self, num_blocks: Sequence[int], width: int, embed_dim: int, num_mel_bins: int,
+                 time_strides: Sequence[int] = (1, 2, 1, 1)):
+        super().__init__()
+        dims = [width * m for m in DFRESNET_DIMS]
+        stem = nn.Sequential(_conv(1, dims[0], 3), _bn(dims[0]), nn.ReLU())
+        downsample = [nn.Sequential(_conv(dims[i], dims[i + 1], 3, (2, time_strides[i])), _bn(dims[i + 1]))
+                      for i in range(4)]
+        self.downsample_layers = nn.ModuleList([stem, *downsample])
+        self.stages = nn.ModuleList([nn.Sequential(*[InvertedBottleneck(dims[i + 1]) for _ in range(count)])
+                                     for i, count in enumerate(num_blocks)])
+        freq = num_mel_bins
+        for _ in range(4):
+            freq = -(-freq // 2)
+        self.seg_1 = nn.Linear(2 * dims[-1] * freq, embed_dim)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        x = self.downsample_layers[0](_as_image(feats))
+        for downsample, stage in zip(self.downsample_layers[1:], self.stages):
+            x = stage(downsample(x))
         return self.seg_1(tstp(x))
 
 
@@ -197,7 +249,11 @@ class SpeakerNet(nn.Module):
 
 
 def create_model(spec: ReferenceSpec) -> SpeakerNet:
-    backbone = ResNet(spec.block, tuple(spec.num_blocks), spec.width, spec.embed_dim, spec.num_mel_bins)
+    if spec.block == INVERTED:
+        backbone = DFResNet(tuple(spec.num_blocks), spec.width, spec.embed_dim, spec.num_mel_bins,
+                            tuple(spec.time_strides))
+    else:
+        backbone = ResNet(spec.block, tuple(spec.num_blocks), spec.width, spec.embed_dim, spec.num_mel_bins)
     return SpeakerNet(backbone, ArcMarginProduct(spec.embed_dim, spec.num_classes, spec.scale, spec.easy_margin))
 
 
@@ -246,39 +302,16 @@ def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
     return f"{type(optimizer).__name__}({settings})"
 
 
-_FLAX_LEAVES = {"kernel": "weight", "scale": "weight", "weight": "weight", "bias": "bias", "mean": "running_mean",
-                "var": "running_var"}
-
-
-def _flatten(tree: Mapping, prefix: tuple = ()):
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            yield from _flatten(value, prefix + (key,))
-        else:
-            yield prefix + (key,), value
-
-
-def _torch_entry(path: tuple, value: Any) -> tuple[str, torch.Tensor]:
-    """A Flax variable's path and value -> this model's state_dict name and tensor (HWIO kernels to OIHW,
-    (in, out) matrices to (out, in))."""
-    parts = []
-    for part in path[:-1]:
-        match = re.fullmatch(r"(layer\d+)_(\d+)", part)
-        parts += [match[1], match[2]] if match else [part]
-    array = np.asarray(value, np.float32)
-    if array.ndim == 4:
-        array = array.transpose(3, 2, 0, 1)
-    elif array.ndim == 2:
-        array = array.T
-    return ".".join(parts + [_FLAX_LEAVES[path[-1]]]), torch.tensor(array)  # a copy, contiguous
-
-
 def copy_flax_variables(net: SpeakerNet, variables: Mapping) -> None:
     """Loads the variables of an sv_jax.models.SpeakerNet ({'params': ..., 'batch_stats': ...}, any arrays numpy can
-    read) into `net`: every parameter and BN statistic exactly once, or a ValueError naming what did not match."""
-    state = dict(_torch_entry(path, value) for tree in variables.values() for path, value in _flatten(tree))
+    read) into `net` through sv_jax/wespeaker.py's mapping (the backbone's modules are named as WeSpeaker's, the
+    head is `projection` there and `head` here): every parameter and BN statistic exactly once, or a ValueError
+    naming what did not match."""
+    state = {name: torch.tensor(value) for name, value in wespeaker.export_state_dict(variables).items()}
+    if wespeaker.HEAD_KEY in state:
+        state["head.weight"] = state.pop(wespeaker.HEAD_KEY)
+    state = {name if name.startswith("head.") else f"backbone.{name}": value for name, value in state.items()}
     missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [name for name in missing if not name.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise ValueError(f"Flax variables do not match the torch model: missing {missing}, unexpected {unexpected}")
 
