@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence, TextIO
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 import cli
@@ -214,6 +214,7 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise cli.ConfigError(f"unexpected arguments: {argv[1:]}")
     FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+    logging.set_verbosity(logging.WARNING)  # orbax logs every read through absl
     try:
         seconds = [float(s) for s in FLAGS.seconds]
     except ValueError as error:
