@@ -91,24 +91,22 @@ def torch_name(path: tuple[str, ...], dfresnet: bool) -> str:
     raise MappingError(f"sv_jax variable {'/'.join(path)} has no WeSpeaker counterpart")
 
 
-def to_torch_layout(array: np.ndarray) -> np.ndarray:
-    """An sv_jax value in PyTorch's layout: HWIO -> OIHW, (in, out) -> (out, in); vectors unchanged."""
+def _relayout(array: np.ndarray, kernel_axes: tuple[int, int, int, int]) -> np.ndarray:
+    """Kernels (4-d) transposed by `kernel_axes`, matrices transposed, vectors unchanged."""
     array = np.asarray(array)
     if array.ndim == 4:
-        return np.ascontiguousarray(array.transpose(3, 2, 0, 1))
-    if array.ndim == 2:
-        return np.ascontiguousarray(array.T)
-    return array
+        return np.ascontiguousarray(array.transpose(kernel_axes))
+    return np.ascontiguousarray(array.T) if array.ndim == 2 else array
+
+
+def to_torch_layout(array: np.ndarray) -> np.ndarray:
+    """An sv_jax value in PyTorch's layout: HWIO -> OIHW, (in, out) -> (out, in); vectors unchanged."""
+    return _relayout(array, (3, 2, 0, 1))
 
 
 def from_torch_layout(array: np.ndarray) -> np.ndarray:
     """A PyTorch value in sv_jax's layout: OIHW -> HWIO, (out, in) -> (in, out); vectors unchanged."""
-    array = np.asarray(array)
-    if array.ndim == 4:
-        return np.ascontiguousarray(array.transpose(2, 3, 1, 0))
-    if array.ndim == 2:
-        return np.ascontiguousarray(array.T)
-    return array
+    return _relayout(array, (2, 3, 1, 0))
 
 
 def flatten(tree: Mapping, prefix: tuple = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
