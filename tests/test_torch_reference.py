@@ -6,6 +6,7 @@ import functools
 import importlib
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -142,9 +143,12 @@ def test_benchmark_with_torch_reference_reports_both_sides_and_ratios(ref):
     result = subprocess.run(
         [sys.executable, "-m", "profiling.study.benchmark", "--config=configs/tiny.py", f"--batch_size={2 * BATCH}",
          "--steps=2", "--blocks=2", "--warmup=1", f"--num_classes={NUM_CLASSES}", "--json", "--torch_reference"],
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600)
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"})
     report = json.loads(result.stdout[result.stdout.index("{"):])["torch_reference"]
     cores = torch_comparison.jax_cores()[0]
+    # Idle OpenMP threads sleep on both sides, so neither side's block runs beside the other's spinning threads.
+    assert report["openmp"] == "OMP_WAIT_POLICY=PASSIVE (both processes)" and report["torch_omp_wait_policy"] == "PASSIVE"
     assert report["threads"] == report["jax_cores"] == cores and report["params"] == 22_588
     assert report["optimizer"].startswith("AdamW(") and (report["pairs"], report["calls_per_block"]) == (2, 2)
     for side in ("sv_jax", "torch"):

@@ -157,8 +157,10 @@ def run(config, *, batch_size: int, dtype: str | None = None, steps: int = 40, b
         torch_reference: bool = False) -> BenchmarkResult:
     """The benchmark of the module docstring on `devices` (default: all local ones). A `monitor` passed in stays the
     caller's; `clock` must be its clock. `torch_reference`: also the PyTorch comparison, last."""
+    openmp = ""
     if torch_reference:
         torch_comparison.require_torch()  # before anything is compiled
+        openmp = torch_comparison.set_wait_policy()  # before the oneDNN convolutions load libgomp
     config = config.copy_and_resolve_references()
     dtype = dtype or config.model.dtype
     num_frames = config.data.num_frames
@@ -257,7 +259,7 @@ def run(config, *, batch_size: int, dtype: str | None = None, steps: int = 40, b
     reference = None if reference_spec is None else torch_comparison.run_reference(
         reference_spec, {names.TRAIN_STEP: jax_train_block, names.FORWARD: jax_forward_block}, calls=steps,
         pairs=blocks, warmup=warmup, batch_size=batch_size,
-        jax_params=models.count_params(programs.state.params["backbone"]))
+        jax_params=models.count_params(programs.state.params["backbone"]), openmp=openmp)
 
     step_s, step_s_on = float(np.median(off)), float(np.median(on))
     pair_percent = 100.0 * (np.asarray(on) / np.asarray(off) - 1.0)

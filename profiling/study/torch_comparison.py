@@ -39,6 +39,30 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHILD = "profiling.study.torch_reference"
 INSTALL = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
 SIDES = ("sv_jax", "torch")
+# Both sides' idle OpenMP threads sleep (unless OMP_WAIT_POLICY is set): in ABAB blocks the idle side's threads would
+# otherwise spin on the cores the other side's block runs on. ResNet34, batch 16, 2-core AMD EPYC (AVX-512),
+# 2026-12-02: libgomp's default policy gave sv_jax 2.54 s and torch 1.80 s per train step, PASSIVE 1.85 s and
+# 1.68 s; sv_jax alone took 1.61 s with either policy (its process has no idle side).
+WAIT_POLICY = "PASSIVE"
+
+
+def _libgomp_loaded() -> bool:
+    try:
+        return "libgomp" in pathlib.Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+
+
+def set_wait_policy() -> str:
+    """OMP_WAIT_POLICY for this process and the child: the caller's if set, else WAIT_POLICY. Call it before anything
+    loads libgomp here (the oneDNN convolutions, TensorFlow), which reads it once; returns what each side runs with."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} (the caller's)"
+    already = _libgomp_loaded()
+    os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
+    if already:
+        return f"OMP_WAIT_POLICY={WAIT_POLICY} in torch's process; libgomp's default in sv_jax's (loaded before it was set)"
+    return f"OMP_WAIT_POLICY={WAIT_POLICY} (both processes)"
 
 
 def require_torch() -> None:
@@ -167,6 +191,7 @@ def compare(jax_blocks: Mapping[str, Callable[[int], float]], process: TorchProc
                    for key in (train_key, forward_key)}
     cores, cores_source = jax_cores()
     return {"torch_version": process.info["torch_version"], "threads": process.info["threads"],
+            "openmp": process.info.get("openmp", ""), "torch_omp_wait_policy": process.info["omp_wait_policy"],
             "jax_cores": cores, "jax_cores_source": cores_source, "optimizer": process.info["optimizer"],
             "params": process.info["params"], "order": "ABAB (sv_jax block, torch block) per pair",
             "calls_per_block": calls, "pairs": pairs, **sides,
@@ -177,10 +202,12 @@ def compare(jax_blocks: Mapping[str, Callable[[int], float]], process: TorchProc
 
 
 def run_reference(spec: Mapping, jax_blocks: Mapping[str, Callable[[int], float]], *, calls: int, pairs: int,
-                  warmup: int, batch_size: int, jax_params: int) -> dict:
+                  warmup: int, batch_size: int, jax_params: int, openmp: str = "") -> dict:
     """Starts the child with JAX's core count as its threads, checks that it built the same model (`jax_params`
-    parameters without the head), warms it up (`warmup` calls of each program) and returns `compare`'s result."""
+    parameters without the head), warms it up (`warmup` calls of each program) and returns `compare`'s result;
+    `openmp` is set_wait_policy's answer, reported with it."""
     with TorchProcess(spec, threads=jax_cores()[0]) as process:
+        process.info["openmp"] = openmp
         if process.info["params"] != jax_params:
             raise RuntimeError(f"the torch reference has {process.info['params']:,} parameters, sv_jax's model "
                                f"{jax_params:,}: they are not the same model")
@@ -193,7 +220,8 @@ def report_lines(result: Mapping) -> list[str]:
     train_key, forward_key = names.key(names.TRAIN_STEP, "s"), names.key(names.FORWARD, "utt_per_s")
     lines = [f"torch reference: torch {result['torch_version']} in a child process, {result['threads']} threads "
              f"(JAX's cores: {result['jax_cores']}, from {result['jax_cores_source']}), {result['optimizer']}, "
-             f"{result['pairs']} ABAB pairs of {result['calls_per_block']}-call blocks",
+             f"{result['pairs']} ABAB pairs of {result['calls_per_block']}-call blocks"
+             + (f", {result['openmp']}" if result.get("openmp") else ""),
              f"{'':<28} {'sv_jax':>10} {'torch':>10} {'sv_jax/torch':>13}"]
     for key in (train_key, forward_key):
         jax_value, torch_value = result["sv_jax"][key], result["torch"][key]

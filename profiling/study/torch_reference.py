@@ -348,7 +348,8 @@ def _answer(session: Session | None, request: Mapping) -> tuple[Session | None, 
         spec = ReferenceSpec(**request["spec"])
         session = Session(spec)
         return session, {"torch_version": torch.__version__, "threads": torch.get_num_threads(),
-                         "params": count_params(session.net), "optimizer": describe_optimizer(session.optimizer)}
+                         "params": count_params(session.net), "optimizer": describe_optimizer(session.optimizer),
+                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
     if session is None:
         raise RuntimeError(f"request {op!r} before 'init'")
     timed = {"train_step": session.time_train_steps, "forward": session.time_forward}
