@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 # Frame arithmetic lives in a module without TensorFlow (for tools that count frames only); re-exported here.
-from data_pipeline.framing import _frame_sizes, num_frames_for_samples, num_samples_for_frames  # noqa: F401
+from data_pipeline.framing import frame_sizes, num_frames_for_samples, num_samples_for_frames  # noqa: F401
 
 WINDOW_TYPES = ("hamming", "hann", "hanning", "povey", "rectangular", "blackman", "sine")
 _BLACKMAN_COEFF = 0.42  # Kaldi's default --blackman-coeff
@@ -133,7 +133,7 @@ def fbank(waveform, sample_rate: int = 16000, *, num_mel_bins: int = 80, frame_l
         raise ValueError(f"preemphasis must be in [0, 1], got {preemphasis}")
     if not log_floor > 0.0:
         raise ValueError(f"log_floor must be > 0, got {log_floor}")
-    length, shift = _frame_sizes(sample_rate, frame_length_ms, frame_shift_ms)
+    length, shift = frame_sizes(sample_rate, frame_length_ms, frame_shift_ms)
     fft_length = 1 << (length - 1).bit_length() if round_to_power_of_two else length
     mel_matrix = _mel_matrix(int(num_mel_bins), fft_length, sample_rate, float(low_freq_hz), float(high_freq_hz))
     window = _window(window_type, length, fft_length)

@@ -311,7 +311,7 @@ def _make_trials(spec: CorpusSpec, utts: list) -> list:
     return [trials[i] for i in rng.permutation(len(trials))]
 
 
-def _worker_init() -> None:
+def worker_init() -> None:
     """glibc only: let pool workers keep freed memory rather than fault in ~8 MB of fresh pages per utterance."""
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -334,14 +334,15 @@ def _auto_workers(spec: CorpusSpec) -> int:
     return 1 if audio_s < SERIAL_BELOW_AUDIO_S else os.cpu_count() or 1
 
 
-def _mp_context():
+def mp_context():
     """fork (no main-module guard needed) unless the parent already runs threads (jax, TF), then spawn."""
     threaded = threading.active_count() > 1 or any(m in sys.modules for m in ("jax", "tensorflow", "torch"))
     return multiprocessing.get_context("spawn" if threaded or os.name != "posix" else "fork")
 
 
-def _check_existing(root: pathlib.Path, expected: dict) -> bool:
-    """True if root already holds this corpus; raise ValueError if it holds anything else."""
+def check_existing(root: pathlib.Path, expected: dict) -> bool:
+    """True if root already holds the corpus `expected` describes ({"spec": ..., "generator_version": ...}, as its
+    marker file records it); raise ValueError if it holds anything else. The tagging corpus uses it too."""
     if not root.exists():
         return False
     if not root.is_dir():
@@ -352,13 +353,13 @@ def _check_existing(root: pathlib.Path, expected: dict) -> bool:
             found = json.loads(marker.read_text())
         except ValueError as e:
             raise ValueError(f"{marker} is unreadable ({e}); delete {root} and generate again.") from e
-        if found.get("spec") == expected["spec"] and found.get("generator_version") == GENERATOR_VERSION:
+        if found.get("spec") == expected["spec"] and found.get("generator_version") == expected["generator_version"]:
             return True
         old = found.get("spec") if isinstance(found.get("spec"), dict) else {}
         diff = {k: (old.get(k), v) for k, v in expected["spec"].items() if old.get(k) != v}
-        raise ValueError(f"{root} holds a synthetic corpus generated with a different spec or generator version "
+        raise ValueError(f"{root} holds a generated corpus with a different spec or generator version "
                          f"(found -> requested: {diff}, version {found.get('generator_version')} -> "
-                         f"{GENERATOR_VERSION}); delete {root} or choose another path.")
+                         f"{expected['generator_version']}); delete {root} or choose another path.")
     if any(root.iterdir()):
         raise ValueError(f"{root} is not empty and has no {MARKER_NAME} (a partial or foreign directory); "
                          f"delete it or choose another path.")
@@ -372,7 +373,7 @@ def generate_corpus(root, spec: CorpusSpec = CorpusSpec(), num_workers: int | No
     root = pathlib.Path(root).expanduser().absolute()
     corpus = Corpus(root, root / "train", root / "test", root / "trials.txt")
     expected = {"spec": dataclasses.asdict(spec), "generator_version": GENERATOR_VERSION}
-    if _check_existing(root, expected):
+    if check_existing(root, expected):
         return corpus
     start = time.monotonic()
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -386,7 +387,7 @@ def generate_corpus(root, spec: CorpusSpec = CorpusSpec(), num_workers: int | No
         if workers == 1:
             results = [_generate_speaker(job) for job in jobs]
         else:
-            with concurrent.futures.ProcessPoolExecutor(workers, _mp_context(), _worker_init) as pool:
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context(), worker_init) as pool:
                 results = list(pool.map(_generate_speaker, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
         trials = _make_trials(spec, results[ntr:])
         (tmp / "train").mkdir(exist_ok=True)
@@ -395,7 +396,7 @@ def generate_corpus(root, spec: CorpusSpec = CorpusSpec(), num_workers: int | No
         try:
             os.rename(tmp, root)  # atomic; also replaces an empty directory
         except OSError:
-            if not _check_existing(root, expected):  # lost a race with an identical generation: fine
+            if not check_existing(root, expected):  # lost a race with an identical generation: fine
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
