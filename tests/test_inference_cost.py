@@ -50,7 +50,7 @@ def test_without_a_sensor_energy_is_unavailable_with_the_reason():
     monitor = energy_lib.EnergyMonitor([FakeSensor({"gpu0": 1.0}, time.monotonic, failing=True)],
                                        clock=time.monotonic, background=False)
     (row,) = inference_cost.measure(config, _variables(config), seconds=(1.0,), repeats=1, block_s=0.01,
-                                    monitor=monitor)
+                                    monitor=monitor, energy_windows=1, window_s=0.05, cooldown_s=0.0)
     assert row.j_per_utt is None and row.energy_unavailable
     monitor.close()
     assert "| 1 | 98 |" in inference_cost.markdown([row]) and "n/a" in inference_cost.markdown([row])
