@@ -32,6 +32,7 @@ import shutil
 import sys
 import threading
 import time
+from typing import Any, Callable
 
 import numpy as np
 import scipy.signal
@@ -366,6 +367,34 @@ def check_existing(root: pathlib.Path, expected: dict) -> bool:
     return False
 
 
+def map_jobs(function: Callable, jobs: list, workers: int) -> list:
+    """`function` over `jobs`, in order: in this process (workers == 1) or in a pool of `workers` processes."""
+    if workers == 1:
+        return [function(job) for job in jobs]
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context(), worker_init) as pool:
+        return list(pool.map(function, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
+
+
+def write_atomically(root: pathlib.Path, expected: dict, write: Callable[[pathlib.Path], Any]) -> Any:
+    """Crash-safe generation (the tagging corpus uses it too): `write(tmp)` fills a temporary sibling of root, the
+    marker file records `expected` (check_existing), and tmp is renamed into place; an identical generation that won
+    a race is fine. Returns what `write` returned."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()  # (not tempfile.mkdtemp: its 0700 mode would stick to the corpus)
+    try:
+        result = write(tmp)
+        (tmp / MARKER_NAME).write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n")
+        try:
+            os.rename(tmp, root)  # atomic; also replaces an empty directory
+        except OSError:
+            if not check_existing(root, expected):  # lost a race with an identical generation: fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
 def generate_corpus(root, spec: CorpusSpec = CorpusSpec(), num_workers: int | None = None) -> Corpus:
     """Generate the synthetic corpus under root (or return at once if it is already there with this spec).
     `num_workers` processes (default: all cores, or this process alone for a corpus under SERIAL_BELOW_AUDIO_S);
@@ -376,33 +405,20 @@ def generate_corpus(root, spec: CorpusSpec = CorpusSpec(), num_workers: int | No
     if check_existing(root, expected):
         return corpus
     start = time.monotonic()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()  # (not tempfile.mkdtemp: its 0700 mode would stick to the corpus)
-    try:
+
+    def write(tmp):
         ntr = spec.num_train_speakers
         jobs = [(spec, str(tmp / "train"), i, spec.utts_per_train_speaker) for i in range(ntr)] + [
             (spec, str(tmp / "test"), i, spec.utts_per_test_speaker) for i in range(ntr, ntr + spec.num_test_speakers)]
-        workers = max(1, min(num_workers or _auto_workers(spec), len(jobs)))
-        if workers == 1:
-            results = [_generate_speaker(job) for job in jobs]
-        else:
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context(), worker_init) as pool:
-                results = list(pool.map(_generate_speaker, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
+        results = map_jobs(_generate_speaker, jobs, max(1, min(num_workers or _auto_workers(spec), len(jobs))))
         trials = _make_trials(spec, results[ntr:])
         (tmp / "train").mkdir(exist_ok=True)
         (tmp / "trials.txt").write_text("".join(f"{lab} {a} {b}\n" for lab, a, b in trials))
-        (tmp / MARKER_NAME).write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n")
-        try:
-            os.rename(tmp, root)  # atomic; also replaces an empty directory
-        except OSError:
-            if not check_existing(root, expected):  # lost a race with an identical generation: fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return sum(map(len, results)), len(trials)
+
+    utterances, trials = write_atomically(root, expected, write)
     logger.info("Synthetic corpus at %s: %d train + %d test speakers, %d utterances, %d trials, %.1f s",
-                root, spec.num_train_speakers, spec.num_test_speakers, sum(map(len, results)), len(trials),
-                time.monotonic() - start)
+                root, spec.num_train_speakers, spec.num_test_speakers, utterances, trials, time.monotonic() - start)
     return corpus
 
 

@@ -23,14 +23,10 @@ place after the marker `.complete.json` is written; regenerating with the same s
 is an error. Command line: ``python -m data_pipeline.tagging_synthetic --out=DIR [--num_train_clips=300 ...]``.
 """
 
-import concurrent.futures
 import dataclasses
-import json
 import logging
 import os
 import pathlib
-import secrets
-import shutil
 import time
 
 import numpy as np
@@ -46,7 +42,6 @@ __all__ = ["TaggingCorpusSpec", "TaggingCorpus", "generate_corpus", "synthesize_
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
-MARKER_NAME = ".complete.json"
 # Event durations (s) per class, in CLASSES order.
 _EVENT_SECONDS = ((1.0, 5.0), (2.0, 7.0), (0.5, 2.5), (0.3, 2.5), (0.4, 3.0), (1.5, 7.0), (2.0, 10.0), (1.5, 10.0),
                   (0.8, 5.0), (2.0, 10.0))
@@ -307,9 +302,8 @@ def generate_corpus(root, spec: TaggingCorpusSpec = TaggingCorpusSpec(),
     if synthetic.check_existing(root, expected):
         return corpus
     start = time.monotonic()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
+
+    def write(tmp):
         jobs = []
         for split, count in (("train", spec.num_train_clips), ("validation", spec.num_validation_clips)):
             (tmp / SPLITS[split][0]).mkdir(parents=True)
@@ -317,26 +311,15 @@ def generate_corpus(root, spec: TaggingCorpusSpec = TaggingCorpusSpec(),
             jobs += [(spec, str(tmp / SPLITS[split][0]), split, i) for i in range(count)]
         serial = len(jobs) * spec.clip_seconds < SERIAL_BELOW_AUDIO_S
         workers = max(1, min(num_workers or (1 if serial else os.cpu_count() or 1), len(jobs)))
-        if workers == 1:
-            results = [_write_clip(job) for job in jobs]
-        else:  # the speaker corpus's process setup (fork unless threads run; glibc arenas kept)
-            context, init = synthetic.mp_context(), synthetic.worker_init
-            with concurrent.futures.ProcessPoolExecutor(workers, context, init) as pool:
-                results = list(pool.map(_write_clip, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
+        results = synthetic.map_jobs(_write_clip, jobs, workers)  # the speaker corpus's process setup
         train, validation = results[:spec.num_train_clips], results[spec.num_train_clips:]
         (tmp / SPLITS["train"][1]).write_text("\t".join(WEAK_HEADER) + "\n" + "".join(
             f"{name}\t{','.join(c for c in CLASSES if c in {e.label for e in events})}\n" for name, events in train))
         (tmp / SPLITS["validation"][1]).write_text("\t".join(STRONG_HEADER) + "\n" + "".join(
             "".join(f"{name}\t{e.onset:.3f}\t{e.offset:.3f}\t{e.label}\n" for e in events) or f"{name}\t\t\t\n"
             for name, events in validation))
-        (tmp / MARKER_NAME).write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n")
-        try:
-            os.rename(tmp, root)  # atomic; also replaces an empty directory
-        except OSError:
-            if not synthetic.check_existing(root, expected):  # lost a race with an identical generation: fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    synthetic.write_atomically(root, expected, write)
     logger.info("Tagging corpus at %s: %d train + %d validation clips, %.1f s", root, spec.num_train_clips,
                 spec.num_validation_clips, time.monotonic() - start)
     return corpus
