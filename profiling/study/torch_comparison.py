@@ -176,7 +176,7 @@ def _side_figures(train_s: list[float], forward_s: list[float], batch_size: int)
 
 
 def compare(jax_blocks: Mapping[str, Callable[[int], float]], process: TorchProcess, *, calls: int, pairs: int,
-            batch_size: int) -> dict:
+            batch_size: int, openmp: str = "") -> dict:
     """Both sides' seconds per train step and forward utt/s (medians over blocks, and every block's figure) and their
     ratios (sv_jax / torch: < 1 means sv_jax's step is faster, > 1 that its inference is), with the child's info.
     `jax_blocks[program](n)` runs n calls of sv_jax's program and returns their seconds."""
@@ -191,7 +191,7 @@ def compare(jax_blocks: Mapping[str, Callable[[int], float]], process: TorchProc
                    for key in (train_key, forward_key)}
     cores, cores_source = jax_cores()
     return {"torch_version": process.info["torch_version"], "threads": process.info["threads"],
-            "openmp": process.info.get("openmp", ""), "torch_omp_wait_policy": process.info["omp_wait_policy"],
+            "openmp": openmp, "torch_omp_wait_policy": process.info["omp_wait_policy"],
             "jax_cores": cores, "jax_cores_source": cores_source, "optimizer": process.info["optimizer"],
             "params": process.info["params"], "order": "ABAB (sv_jax block, torch block) per pair",
             "calls_per_block": calls, "pairs": pairs, **sides,
@@ -207,12 +207,11 @@ def run_reference(spec: Mapping, jax_blocks: Mapping[str, Callable[[int], float]
     parameters without the head), warms it up (`warmup` calls of each program) and returns `compare`'s result;
     `openmp` is set_wait_policy's answer, reported with it."""
     with TorchProcess(spec, threads=jax_cores()[0]) as process:
-        process.info["openmp"] = openmp
         if process.info["params"] != jax_params:
             raise RuntimeError(f"the torch reference has {process.info['params']:,} parameters, sv_jax's model "
                                f"{jax_params:,}: they are not the same model")
         process.warmup(warmup)
-        return compare(jax_blocks, process, calls=calls, pairs=pairs, batch_size=batch_size)
+        return compare(jax_blocks, process, calls=calls, pairs=pairs, batch_size=batch_size, openmp=openmp)
 
 
 def report_lines(result: Mapping) -> list[str]:
