@@ -13,6 +13,7 @@ from ml_collections import config_dict
 def get_config():
     config = ml_collections.ConfigDict()
     config.seed = 42  # parameters, data order, crops and dither all derive from it
+    config.task = "speaker"  # 'speaker' (this file) | 'tagging' (configs/tagging_default.py): sv_jax/tasks.py
 
     config.data = data = ml_collections.ConfigDict()
     data.source = "voxceleb"  # 'voxceleb' (paths below) | 'synthetic' (built-in corpus, generated on first use)

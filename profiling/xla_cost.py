@@ -102,7 +102,7 @@ def unoptimized_flops(lowered: jax.stages.Lowered) -> float:
 
 def checked_cost(compiled: Callable[[], jax.stages.Compiled], minimum_flops: float,
                  counting: Callable[[], jax.stages.Lowered], num_devices: int | None = None, *,
-                 always_fallback: str = "") -> ProgramCost:
+                 always_fallback: str = "", unoptimized: str = "") -> ProgramCost:
     """`compiled_cost` of `compiled()`, validated against `minimum_flops` (an analytic floor for the whole program).
 
     `counting()` is the same program lowered for the same devices (with its scans unrolled where the program has
@@ -110,8 +110,16 @@ def checked_cost(compiled: Callable[[], jax.stages.Compiled], minimum_flops: flo
     of `counting()` before optimisation are returned instead, with no bytes, as SOURCE_UNOPTIMIZED. With
     `always_fallback` (the reason, e.g. "scans unrolled for counting") `compiled()` is not counted at all, its count
     being known to be incomplete: `counting()` is compiled and counted in its place (same backend, same kind of
-    count), and checked in turn. Both are callables, so that nothing is compiled that is not counted.
+    count), and checked in turn. With `unoptimized` (the reason: a counting copy too slow to compile) `counting()` is
+    counted before optimisation, with no bytes, as SOURCE_UNOPTIMIZED, and nothing is compiled. Both are callables,
+    so that nothing is compiled that is not counted.
     """
+    if unoptimized:
+        flops = unoptimized_flops(counting())
+        if not flops >= USABLE_FRACTION * minimum_flops:
+            unoptimized += f"; the unoptimised count {flops:.4g} is under {USABLE_FRACTION:g} x the floor"
+        return ProgramCost(flops=flops, bytes_accessed=None, num_devices=num_devices or 1, source=SOURCE_UNOPTIMIZED,
+                           note=unoptimized)
     if always_fallback:
         lowered = counting()
         program, note = lowered.compile(), always_fallback

@@ -15,20 +15,19 @@ from typing import Any, Sequence
 
 import jax
 
-from data_pipeline.manifest import VOXCELEB2_DEV_SPEAKERS
 from profiling import xla_cost
 from profiling import xla_memory
 from sv_jax import models
 from sv_jax import programs as programs_lib
+from sv_jax import tasks
 from sv_jax.models import macs as macs_lib
 
 
 def default_num_classes(config) -> int:
-    """Classes of the ArcMargin head a config trains: VoxCeleb2 dev's 5,994 speakers (or the synthetic corpus's
-    training speakers), times 3 with speed perturbation. The head is ~0.2% of r34's train-step FLOPs."""
-    speakers = (config.data.synthetic.num_train_speakers if config.data.source == "synthetic"
-                else VOXCELEB2_DEV_SPEAKERS)
-    return speakers * (3 if config.data.speed_perturb else 1)
+    """Classes of the head a config trains (sv_jax.tasks): for speakers VoxCeleb2 dev's 5,994 (or the synthetic
+    corpus's training speakers), times 3 with speed perturbation; for tagging DESED's 10. The speaker head is ~0.2%
+    of r34's train-step FLOPs."""
+    return tasks.get(config).default_num_classes(config)
 
 
 @dataclasses.dataclass(frozen=True)

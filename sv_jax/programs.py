@@ -16,7 +16,9 @@ on GPU), the FLOPs of the program as lowered, before optimisation, are used inst
 labelled so (profiling.xla_cost). Reversible models (`model.reversible`) run their couplings in a lax.scan whose body
 XLA counts once, and oneDNN's convolutions on CPU (sv_jax.models.cpu_conv) are custom calls that XLA does not count:
 such programs are always counted on a copy lowered with the scans unrolled and XLA's convolutions, compiled for the
-same devices (the same arithmetic; the note says which).
+same devices (the same arithmetic; the note says which). Tagging train steps (sv_jax.tagging_task) are counted before
+optimisation, with no bytes: the GRUs' unrolled backward takes minutes to compile (5 min 26 s for the small CRNN at
+batch 16), and one source for every family keeps them in one fit.
 """
 
 from __future__ import annotations
@@ -33,24 +35,12 @@ from profiling import xla_cost
 from sv_jax import parallel
 from sv_jax import models
 from sv_jax import step as step_lib
-from sv_jax.models import macs as macs_lib
 
 # Small, so that any model compiles in seconds. Per utterance, r34's FLOPs differ by <0.1% between batch 8 and 128;
 # bytes accessed by +9% at 8 (the state's reads and writes are shared by fewer utterances).
 COUNTING_BATCH_SIZE = 8
-SCANS_UNROLLED = "reversible stages' scans unrolled for counting"
-XLA_CONVS = "counted with XLA's convolutions in place of oneDNN's (custom calls carry no count)"
-DEPTHWISE = ("depthwise convolutions counted as shifted multiply-adds (XLA's cost analysis counts their "
-             "batch-grouped weight gradient once per channel)")
-
-
-def counting_fallback(model_config) -> str:
-    """Why the model's programs must be counted on a copy lowered for counting (models.create_model's
-    `for_counting`), in words; '' when the programs themselves can be counted."""
-    reasons = (SCANS_UNROLLED if model_config.reversible != "none" else "",
-               XLA_CONVS if models.conv_lowering(model_config) == "onednn" else "",
-               DEPTHWISE if models.resolve_architecture(model_config)[0] == models.INVERTED else "")
-    return "; ".join(r for r in reasons if r)
+SCANS_UNROLLED, XLA_CONVS, DEPTHWISE = models.SCANS_UNROLLED, models.XLA_CONVS, models.DEPTHWISE
+counting_fallback = models.counting_fallback
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,13 +71,13 @@ def lower_programs(config, batch_size: int, num_classes: int, devices: Sequence[
     components = step_lib.create_train_components(config, num_classes,
                                                   steps_per_epoch or config.train.steps_per_epoch or 1000,
                                                   batch_size, for_counting=for_counting)
-    feat_shape = (config.data.num_frames, config.data.num_mel_bins)
+    task = components.task
+    feat_shape = task.feat_shape(config.data)
     state = jax.eval_shape(lambda: step_lib.create_train_state(jax.random.key(0), components.model, components.tx,
-                                                               feat_shape))
+                                                               feat_shape, task))
     batch = {"feats": jax.ShapeDtypeStruct((batch_size, *feat_shape), jnp.float32),
-             "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
-    model = components.model
-    forward = jax.jit(lambda v, x: model.apply(v, x, method=model.embed),
+             **task.label_batch(batch_size, num_classes)}
+    forward = jax.jit(task.forward(components.model),
                       in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)),
                       out_shardings=parallel.data_sharded(mesh))
     feats = jax.ShapeDtypeStruct((forward_batch_size, *feat_shape), jnp.float32)
@@ -121,23 +111,25 @@ class CompiledPrograms:
 
     def init_state(self, seed: int) -> step_lib.TrainState:
         """An initialised state, replicated over the mesh as the train step takes it."""
-        components, data = self.lowered.components, self.config.data
-        return jax.jit(lambda rng: step_lib.create_train_state(rng, components.model, components.tx,
-                                                               (data.num_frames, data.num_mel_bins)),
+        components = self.lowered.components
+        feat_shape = components.task.feat_shape(self.config.data)
+        return jax.jit(lambda rng: step_lib.create_train_state(rng, components.model, components.tx, feat_shape,
+                                                               components.task),
                        out_shardings=parallel.replicated(self.mesh))(jax.random.key(seed))
 
     def random_batch(self, seed: int = 0) -> dict[str, jax.Array]:
         """One random training batch of the train step's shape, sharded as training shards it: for timing."""
-        rng, data = np.random.default_rng(seed), self.config.data
+        rng, task = np.random.default_rng(seed), self.lowered.components.task
         batch_size = self.lowered.batch_size
         return parallel.shard_batch({
-            "feats": rng.standard_normal((batch_size, data.num_frames, data.num_mel_bins), np.float32),
-            "label": rng.integers(0, self.num_classes, batch_size).astype(np.int32)}, self.mesh)
+            "feats": rng.standard_normal((batch_size, *task.feat_shape(self.config.data)), np.float32),
+            **task.random_labels(rng, batch_size, self.num_classes)}, self.mesh)
 
     @functools.cached_property
     def forward_macs_per_utt(self) -> int:
-        """Analytic multiply-adds of one utterance's forward pass (real-input taps, as XLA counts them)."""
-        return macs_lib.forward_macs(self.config.model, self.config.data.num_frames, self.config.data.num_mel_bins)
+        """Analytic multiply-adds of one utterance's (or clip's) forward pass (real-input taps, as XLA counts
+        them)."""
+        return self.lowered.components.task.forward_macs(self.config, self.num_classes)
 
     @functools.cached_property
     def _counting_copy(self) -> LoweredPrograms:
@@ -150,14 +142,16 @@ class CompiledPrograms:
                               forward_batch_size=lowered.forward_batch_size, for_counting=True)
 
     def _always_fallback(self) -> str:
-        return counting_fallback(self.config.model)
+        return self.lowered.components.task.counting_fallback(self.config.model)
 
     @functools.cached_property
     def train_step_cost(self) -> xla_cost.ProgramCost:
         """Checked FLOPs and bytes of one train step (see the module docstring)."""
-        minimum = 3 * 2 * self.forward_macs_per_utt * self.lowered.batch_size
+        task = self.lowered.components.task
+        minimum = task.train_step_passes * 2 * self.forward_macs_per_utt * self.lowered.batch_size
         return xla_cost.checked_cost(lambda: self.train_step, minimum, lambda: self._counting_copy.train_step,
-                                     self.mesh.size, always_fallback=self._always_fallback())
+                                     self.mesh.size, always_fallback=self._always_fallback(),
+                                     unoptimized=task.train_step_counted_unoptimized(self.config.model))
 
     @functools.cached_property
     def forward_cost(self) -> xla_cost.ProgramCost:

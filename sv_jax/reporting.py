@@ -51,8 +51,8 @@ class Progress:
     asynchronously, so the loop otherwise blocks only when it fetches metrics); large, training is input-bound.
     """
 
-    def __init__(self, total_steps: int, global_batch: int, start_step: int):
-        self.total_steps, self.global_batch = total_steps, global_batch
+    def __init__(self, total_steps: int, global_batch: int, start_step: int, unit: str = "utt"):
+        self.total_steps, self.global_batch, self.unit = total_steps, global_batch, unit
         self._last_time, self._last_step = time.perf_counter(), start_step
         self._first_interval = True
         self._steady_seconds, self._steady_steps = 0.0, 0
@@ -87,9 +87,10 @@ class Progress:
         rate = self.steady_utt_per_s() or self._rate * self.global_batch
         eta = (self.total_steps - step) * self.global_batch / rate if rate else float("nan")
         skipped = f"  skipped {metrics['skipped_steps']}" if metrics.get("skipped_steps") else ""
+        margin = f"  margin {metrics['margin']:.3f}" if "margin" in metrics else ""
         return (f"step {step}/{self.total_steps}  loss {metrics.get('loss', math.nan):.4f}  "
-                f"acc {metrics.get('accuracy', math.nan):.3f}  lr {metrics['lr']:.3g}  margin {metrics['margin']:.3f}  "
-                f"{rate:.1f} utt/s  input wait {100 * self._wait_fraction:.0f}%  ETA {_duration(eta)}{skipped}")
+                f"acc {metrics.get('accuracy', math.nan):.3f}  lr {metrics['lr']:.3g}{margin}  "
+                f"{rate:.1f} {self.unit}/s  input wait {100 * self._wait_fraction:.0f}%  ETA {_duration(eta)}{skipped}")
 
 
 def _duration(seconds: float) -> str:

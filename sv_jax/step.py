@@ -18,6 +18,7 @@ from cli import ConfigError
 from sv_jax import models
 from sv_jax import optim
 from sv_jax import parallel
+from sv_jax import tasks
 
 
 @flax.struct.dataclass
@@ -32,28 +33,24 @@ class TrainState:
         return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def create_train_state(rng, model, tx, feat_shape: tuple[int, int]) -> TrainState:
-    feats = jnp.zeros((2, *feat_shape), jnp.float32)
-    variables = model.init(rng, feats, jnp.zeros((2,), jnp.int32), 0.0, train=False)
+def create_train_state(rng, model, tx, feat_shape: tuple[int, int], task=None) -> TrainState:
+    """A fresh state: `task`'s (sv_jax.tasks; default the speaker task) initial variables of `model` for features
+    of `feat_shape`, step 0, the optimizer's initial state. Models without batch statistics get an empty tree."""
+    task = task or tasks.SPEAKER
+    variables = task.init_variables(model, rng, jnp.zeros((2, *feat_shape), jnp.float32))
     params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
                       opt_state=tx.init(params))
 
 
-def train_step(state: TrainState, batch, *, model, tx, learning_rate_fn, margin_fn, skip_nonfinite: bool = False):
-    """One SGD step; metric `nonfinite` is 1 when the loss or a gradient is NaN/Inf. With `skip_nonfinite` such a
-    step leaves parameters, batch statistics and optimizer state as they were (the step counter still advances past
-    the batch); without it, the step is applied and the loop's check stops the run before the next checkpoint."""
-    margin = margin_fn(state.step)
-
-    def loss_fn(params):
-        (_, logits), updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["feats"],
-                                           batch["label"], margin, train=True, mutable=["batch_stats"])
-        logits = logits.astype(jnp.float32)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, (logits, updates["batch_stats"])
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+def train_step(state: TrainState, batch, *, loss_fn: Callable, tx, learning_rate_fn, skip_nonfinite: bool = False):
+    """One optimisation step of `loss_fn(params, batch_stats, batch, step) -> (loss, (metrics, batch_stats))` (the
+    task's: sv_jax.tasks.speaker_loss, sv_jax.tagging_task.tagging_loss). Metrics: the loss, the task's, the learning rate,
+    and `nonfinite`, 1 when the loss or a gradient is NaN/Inf. With `skip_nonfinite` such a step leaves parameters,
+    batch statistics and optimizer state as they were (the step counter still advances past the batch); without
+    it, the step is applied and the loop's check stops the run before the next checkpoint."""
+    (loss, (task_metrics, batch_stats)), grads = jax.value_and_grad(
+        lambda params: loss_fn(params, state.batch_stats, batch, state.step), has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                            batch_stats=batch_stats, opt_state=opt_state)
@@ -63,18 +60,20 @@ def train_step(state: TrainState, batch, *, model, tx, learning_rate_fn, margin_
         new_state = new_state.replace(params=keep(new_state.params, state.params),
                                       batch_stats=keep(new_state.batch_stats, state.batch_stats),
                                       opt_state=keep(new_state.opt_state, state.opt_state))
-    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-               "lr": learning_rate_fn(state.step), "margin": margin,
+    metrics = {"loss": loss, **task_metrics, "lr": learning_rate_fn(state.step),
                "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
     return new_state, metrics
 
 
 class TrainComponents(NamedTuple):
-    """What a config's train step is made of: the model, the optimizer, the schedules and the non-finite policy."""
-    model: models.SpeakerNet
+    """What a config's train step is made of: the task (sv_jax.tasks), its model and loss, the optimizer, the
+    schedules (the margin's only for the speaker task, else None) and the non-finite policy."""
+    model: Any
     tx: optax.GradientTransformation
     learning_rate_fn: Callable
-    margin_fn: Callable
+    margin_fn: Callable | None
+    loss_fn: Callable
+    task: Any
     skip_nonfinite: bool = False
 
 
@@ -102,27 +101,29 @@ def schedule_epochs(config) -> tuple[float, float, float]:
 
 
 def create_train_components(config, num_classes: int, steps_per_epoch: int, global_batch: int, *,
-                      for_counting: bool = False) -> TrainComponents:
-    """The config's model, optimizer, learning-rate and margin schedules (`for_counting`: models.create_model), and
-    whether a non-finite step is skipped (`train.on_nonfinite`)."""
+                            for_counting: bool = False) -> TrainComponents:
+    """The config's task, model (`for_counting`: as XLA counts it, models.create_model), loss, optimizer,
+    learning-rate (and, for speakers, margin) schedules, and whether a non-finite step is skipped
+    (`train.on_nonfinite`)."""
+    task = tasks.get(config)
     warmup_epochs, increase_start_epoch, fix_start_epoch = schedule_epochs(config)
     learning_rate_fn = optim.create_schedule(config.optim, steps_per_epoch, config.train.num_epochs, global_batch,
                                              warmup_epochs=warmup_epochs)
     margin_fn = models.margin_schedule(config.loss.initial_margin, config.loss.final_margin,
                                        increase_start_epoch, fix_start_epoch, steps_per_epoch,
-                                       config.loss.increase_type)
+                                       config.loss.increase_type) if task.uses_margin else None
     if config.train.on_nonfinite not in ("stop", "skip"):
         raise ConfigError(f"train.on_nonfinite must be 'stop' or 'skip', got {config.train.on_nonfinite!r}")
-    return TrainComponents(models.create_model(config.model, num_classes, for_counting=for_counting),
-                     optim.create_optimizer(config.optim, learning_rate_fn), learning_rate_fn, margin_fn,
-                     skip_nonfinite=config.train.on_nonfinite == "skip")
+    model = task.create_model(config.model, num_classes, for_counting=for_counting)
+    return TrainComponents(model, optim.create_optimizer(config.optim, learning_rate_fn), learning_rate_fn,
+                           margin_fn, task.loss_fn(model, margin_fn=margin_fn, seed=config.seed), task,
+                           skip_nonfinite=config.train.on_nonfinite == "skip")
 
 
 def jit_train_step(components: TrainComponents, mesh) -> Callable:
     """`train_step` jit-compiled for `mesh`: state replicated and donated, batch sharded along 'data'."""
     replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    step = functools.partial(train_step, model=components.model, tx=components.tx,
-                             learning_rate_fn=components.learning_rate_fn, margin_fn=components.margin_fn,
-                             skip_nonfinite=components.skip_nonfinite)
+    step = functools.partial(train_step, loss_fn=components.loss_fn, tx=components.tx,
+                             learning_rate_fn=components.learning_rate_fn, skip_nonfinite=components.skip_nonfinite)
     return jax.jit(step,
                    in_shardings=(replicated, sharded), out_shardings=(replicated, replicated), donate_argnums=0)

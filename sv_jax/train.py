@@ -22,8 +22,6 @@ from jax.experimental import multihost_utils
 from cli import ConfigError, UserError
 from sv_jax import averaging
 from sv_jax import checkpoint as checkpoint_lib
-from sv_jax import data_sources
-from sv_jax import evaluation
 from sv_jax import job_meter
 from sv_jax import models
 from sv_jax import parallel
@@ -31,6 +29,7 @@ from sv_jax import preemption
 from sv_jax import programs as programs_lib
 from sv_jax import reporting
 from sv_jax import run_profiler
+from sv_jax import tasks
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +121,20 @@ def _from_imported(state, variables: dict, num_classes: int):
     return state.replace(params=params, batch_stats=batch_stats)
 
 
+_LAST_VALUE = ("lr", "margin")  # train-step metrics logged at an interval's last step, not averaged
+_UNITS = {"utterance": "utt", "clip": "clips"}
+
+
+def _log_convolutions(model_config) -> None:
+    """Which convolutions a speaker model runs on this backend, in the log."""
+    lowering = models.conv_lowering(model_config)
+    reason = "" if lowering == "onednn" or jax.default_backend() != "cpu" else models.cpu_conv.unavailable_reason()
+    depthwise = models.resolve_architecture(model_config)[0] == models.INVERTED
+    log.info("convolutions: %s%s%s", {"onednn": "oneDNN (sv_jax.models.cpu_conv)", "xla": "XLA's"}[lowering],
+             f" (oneDNN unavailable: {reason})" if reason else "",
+             "; depthwise: shifted multiply-adds on CPU (sv_jax.models.depthwise)" if depthwise else "")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
     """Trains (resuming from workdir's latest checkpoint), evaluates, writes summary.json; returns the summary."""
     # Set up.
@@ -130,10 +143,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     wall_start = time.time()
     process_index, process_count = jax.process_index(), jax.process_count()
 
-    # Input.
-    data = data_sources.resolve_data(config.data, workdir)
+    # Input: the task's (sv_jax.tasks: speaker verification, or audio tagging).
+    task = tasks.get(config)
+    data = task.resolve_data(config.data, workdir)
     global_batch = config.data.batch_size
-    steps_per_epoch = config.train.steps_per_epoch or max(len(data.train) // global_batch, 1)
+    steps_per_epoch = config.train.steps_per_epoch or max(task.num_train_items(data) // global_batch, 1)
     total_steps = config.train.num_epochs * steps_per_epoch
     checkpoint_every = config.train.checkpoint_every_steps or steps_per_epoch  # 0: every epoch, as WeSpeaker
     average_last = config.train.average_last
@@ -147,18 +161,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
 
     # Model, optimizer and sharding (state replicated, batch split along 'data'): the train step compiled ahead of
     # time, as sv_jax.programs compiles it for benchmarks and sweeps; its FLOPs and memory are part of the profile.
-    lowering = models.conv_lowering(config.model)
-    reason = "" if lowering == "onednn" or jax.default_backend() != "cpu" else models.cpu_conv.unavailable_reason()
-    depthwise = models.resolve_architecture(config.model)[0] == models.INVERTED
-    log.info("convolutions: %s%s%s", {"onednn": "oneDNN (sv_jax.models.cpu_conv)", "xla": "XLA's"}[lowering],
-             f" (oneDNN unavailable: {reason})" if reason else "",
-             "; depthwise: shifted multiply-adds on CPU (sv_jax.models.depthwise)" if depthwise else "")
+    if task.name == "speaker":
+        _log_convolutions(config.model)
     programs = programs_lib.compile_programs(
         config, global_batch, data.num_classes, list(mesh.devices.flat), steps_per_epoch=steps_per_epoch,
         forward_batch_size=parallel.round_up(programs_lib.COUNTING_BATCH_SIZE, mesh.size))
     state = programs.init_state(config.seed)
     p_train_step = programs.train_step
-    embedder = evaluation.Embedder(programs.lowered.components.model, mesh)
+    evaluator = task.evaluator(config, data, programs.lowered.components.model, mesh)
 
     # Checkpoint restore.
     checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=averaging.checkpoints_to_keep(
@@ -178,12 +188,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         log.info("resuming at step %d of %d (data stream position %d)", start_step, total_steps, next_position)
 
     # Loop.
-    bad_audio_log = data_sources.new_bad_audio_log()
-    batches = data_sources.train_batches(config.data, data, batch_size=global_batch // process_count,
-                                         seed=config.seed, start_index=next_position, bad_audio_log=bad_audio_log,
-                                         process_index=process_index, process_count=process_count)
+    bad_audio_log = task.new_bad_audio_log()
+    batches = task.train_batches(config, data, batch_size=global_batch // process_count, seed=config.seed,
+                                 start_index=next_position, bad_audio_log=bad_audio_log,
+                                 process_index=process_index, process_count=process_count)
     writer = reporting.create_writer(workdir, enabled=process_index == 0)
-    progress = reporting.Progress(total_steps, global_batch, start_step)
+    progress = reporting.Progress(total_steps, global_batch, start_step, unit=_UNITS[task.item])
     train_log = reporting.TrainLog(workdir, enabled=process_index == 0, resume_step=start_step)
     pending, last_metrics = [], {}
 
@@ -192,8 +202,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         history = jax.device_get(pending)
         pending.clear()
         applied = nonfinite.check(history, step - len(history))
-        means = {k: float(np.mean([m[k] for m in applied])) for k in ("loss", "accuracy")} if applied else {}
-        means.update(lr=float(history[-1]["lr"]), margin=float(history[-1]["margin"]))
+        # Means over the interval's applied steps; the schedules' values (lr, margin) at its last step.
+        means = {k: float(np.mean([m[k] for m in applied])) for k in history[-1]
+                 if k not in _LAST_VALUE + ("nonfinite",)} if applied else {}
+        means.update({k: float(history[-1][k]) for k in _LAST_VALUE if k in history[-1]})
         if nonfinite.skip:
             means["skipped_steps"] = nonfinite.skipped
         rates = progress.update(step, len(history))
@@ -231,8 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                     break
                 if config.train.eval_every_steps and step % config.train.eval_every_steps == 0 and not is_last:
                     with profiler.paused():  # evaluation time is not training time
-                        writer.write_scalars(step, reporting.eval_scalars(
-                            evaluation.evaluate(embedder, state.variables, config, data)))
+                        writer.write_scalars(step, task.eval_scalars(evaluator(state.variables)))
         finally:
             with profiler.paused():  # waiting for the last checkpoint's write is not training time either
                 checkpointer.close()  # waits for an in-flight save, also when the loop fails
@@ -252,14 +263,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
             with profiler.paused():
                 average, averaged = averaging.average_last(workdir, average_last)
                 eval_variables = jax.device_put(average, parallel.replicated(mesh))
-        with profiler.evaluation(evaluation.num_embedded(config, data)):
-            eval_results = evaluation.evaluate(embedder, eval_variables, config, data)
-        writer.write_scalars(int(state.step), reporting.eval_scalars(eval_results))
+        with profiler.evaluation(evaluator.num_items):
+            eval_results = evaluator(eval_variables)
+        writer.write_scalars(int(state.step), task.eval_scalars(eval_results))
         writer.flush()
         summary = {
             "config": config.to_dict(),
-            "params": models.count_params(state.params["backbone"]),
-            "head_params": models.count_params(state.params["head"]),
+            "task": task.name,
+            **task.param_counts(state.params),
             "steps": int(state.step),
             "resumed_from_step": start_step,
             "wall_seconds": time.time() - wall_start,
@@ -267,10 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
             "train": last_metrics,
             "nonfinite_steps_skipped": nonfinite.skipped,
             "throughput_utt_per_s": progress.steady_utt_per_s(),
-            "data": {"train_utterances": len(data.train), "speakers": data.train.num_speakers,
-                     "classes": data.num_classes, "source": str(data.train_shards.root if data.train_shards else
-                                                                data.train.root),
-                     "bad_audio_skipped": bad_audio_log.count, "bad_audio_files": bad_audio_log.files[:100]},
+            "data": task.data_summary(data, bad_audio_log),
             "eval": eval_results,
             "eval_checkpoint": f"average of steps {averaged}" if averaged else f"step {int(state.step)}",
             **profiler.summary(total_steps_run=int(state.step)),

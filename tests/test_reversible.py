@@ -12,7 +12,7 @@ import pytest
 from profiling.gpu_check import parity
 
 from profiling import xla_cost, xla_memory
-from sv_jax import commands, models, step as step_lib
+from sv_jax import commands, models, step as step_lib, tasks
 from sv_jax.models import cpu_conv
 from sv_jax.models import macs as macs_lib
 from sv_jax.models import resnet
@@ -185,8 +185,8 @@ def test_trains_through_train_step(mode, dtype):
     variables = _fill(abstract.variables, seed=14)
     state = abstract.replace(step=jnp.zeros((), jnp.int32), params=variables["params"],
                              batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]))
-    step = jax.jit(lambda s, b: step_lib.train_step(s, b, model=model, tx=tx, learning_rate_fn=lambda _: 1e-3,
-                                                    margin_fn=lambda _: 0.0))
+    step = jax.jit(lambda s, b: step_lib.train_step(s, b, loss_fn=tasks.speaker_loss(model, lambda _: 0.0), tx=tx,
+                                                    learning_rate_fn=lambda _: 1e-3))
     losses = []
     for _ in range(4):
         state, metrics = step(state, {"feats": feats, "label": labels})

@@ -19,7 +19,7 @@ import pytest
 import cli
 from configs import tiny
 from profiling.study import benchmark, torch_comparison
-from sv_jax import commands, models, optim
+from sv_jax import commands, models, optim, tasks
 from sv_jax import step as step_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -89,8 +89,8 @@ def _flax_reference():
     tx = optim.create_optimizer(config.optim, 0.5)
     state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                                 batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]))
-    step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx, learning_rate_fn=lambda s: 0.5,
-                                     margin_fn=lambda s: 0.2))
+    step = jax.jit(functools.partial(step_lib.train_step, loss_fn=tasks.speaker_loss(model, lambda s: 0.2), tx=tx,
+                                     learning_rate_fn=lambda s: 0.5))
     losses = []
     for _ in range(2):
         state, metrics = step(state, {"feats": feats, "label": labels})

@@ -141,3 +141,19 @@ def conv_lowering(model_config, for_counting: bool = False) -> str:
 
 def count_params(tree: Any) -> int:
     return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))
+
+
+# Why a model's programs are counted on a copy lowered for counting (sv_jax.programs).
+SCANS_UNROLLED = "reversible stages' scans unrolled for counting"
+XLA_CONVS = "counted with XLA's convolutions in place of oneDNN's (custom calls carry no count)"
+DEPTHWISE = ("depthwise convolutions counted as shifted multiply-adds (XLA's cost analysis counts their "
+             "batch-grouped weight gradient once per channel)")
+
+
+def counting_fallback(model_config) -> str:
+    """Why the model's programs must be counted on a copy lowered for counting (models.create_model's
+    `for_counting`), in words; '' when the programs themselves can be counted."""
+    reasons = (SCANS_UNROLLED if model_config.reversible != "none" else "",
+               XLA_CONVS if conv_lowering(model_config) == "onednn" else "",
+               DEPTHWISE if resolve_architecture(model_config)[0] == INVERTED else "")
+    return "; ".join(r for r in reasons if r)
