@@ -120,7 +120,7 @@ def run(main: Callable[[list[str]], Any]) -> None:
         except UserError as error:
             fail(str(error))
         except flags.Error as error:
-            fail(f"{error} (--helpfull lists every flag)")
+            fail(_flag_error(error))
         except (KeyError, AttributeError, ValueError, TypeError) as error:  # config_flags: an unknown key or value
             if "--traceback" in argv:
                 raise
@@ -135,6 +135,17 @@ def run(main: Callable[[list[str]], Any]) -> None:
             fail(str(error))
 
     app.run(guarded, flags_parser=parse)
+
+
+def _flag_error(error: Exception) -> str:
+    """A flag's error in one line. A config file whose get_config() raised comes wrapped by ml_collections with
+    its traceback: the flag and the exception's own last line are kept (`--traceback` is not needed to read it)."""
+    text = str(error)
+    if "Traceback (most recent call last)" not in text:
+        return f"{text} (--helpfull lists every flag)"
+    head = text.split("\n", 1)[0].removesuffix(":").replace(": Error whilst parsing config file", "")
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return f"{head}: {last.split(': ', 1)[-1]}"
 
 
 def _check_config_files(values) -> None:
