@@ -365,6 +365,19 @@ def create_tagging_model(model_config, num_classes: int, *, for_counting: bool =
     return FAMILIES[name](num_classes=num_classes, dtype=DTYPES[dtype], **fields)
 
 
+def describe(model: nn.Module) -> str:
+    """A built tagging model's shape in a few words, for tables: 'Dense 512-512', 'CNN 16-32-64-128 (2 convs per
+    block)', 'BiGRU 2 x 128', 'conv+GLU 16-32-64-128-128-128-128, BiGRU 2 x 128'."""
+    dashed = lambda sizes: "-".join(map(str, sizes))
+    if isinstance(model, MLPTagger):
+        return f"Dense {dashed(model.hidden_sizes)}"
+    if isinstance(model, CNNTagger):
+        return f"conv {dashed(model.channels)} (2 per block)"
+    if isinstance(model, RNNTagger):
+        return f"BiGRU {model.rnn_layers} x {model.rnn_hidden_size}"
+    return f"conv+GLU {dashed(model.channels)}, BiGRU {model.rnn_layers} x {model.rnn_hidden_size}"
+
+
 def _tuples(value):
     """Config lists (and lists of lists) as tuples: module attributes must be hashable."""
     return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value

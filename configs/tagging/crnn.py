@@ -1,0 +1,8 @@
+"""The CRNN tagger in three sizes: `--config=configs/tagging/crnn.py:small` (or medium, the default, or large); see
+configs/tagging/__init__.py."""
+
+from configs import tagging
+
+
+def get_config(size: str = "medium"):
+    return tagging.family_config("CRNN", size or "medium")
