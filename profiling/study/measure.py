@@ -41,16 +41,26 @@ from profiling.study.sweeps import Settings
 from sv_jax import costs
 from sv_jax import models
 from sv_jax import programs as programs_lib
-from sv_jax.models import macs as macs_lib
+from sv_jax import tasks
+from sv_jax.tagging import models as tagging_models
 
 log = logging.getLogger(__name__)
 
 
 # --- One variant --------------------------------------------------------------------------------------------------
 
-def _architecture(config) -> tuple[str, str]:
-    block, num_blocks = models.resolve_architecture(config.model)
-    return block, "-".join(map(str, num_blocks))
+def _model_fields(config, variant: str) -> dict[str, Any]:
+    """The columns that say which model a row is: a ResNet's block, blocks per stage and width; a tagger's family,
+    size (from a variant named '<family>-<size>', as configs/sweeps/tagging.py names them) and architecture."""
+    model = config.model
+    if tasks.get(config).name == "tagging":
+        family, _, size = variant.partition("-")
+        return {"task": "tagging", "model": model.name, "family": model.name,
+                "size": size if family == model.name else "", "dtype": model.dtype,
+                "architecture": tagging_models.describe(tagging_models.create_tagging_model(model, 10))}
+    block, num_blocks = models.resolve_architecture(model)
+    return {"model": model.name, "block": block, "num_blocks": "-".join(map(str, num_blocks)), "width": model.width,
+            "dtype": model.dtype, "reversible": model.reversible}
 
 
 def series_fields(program: str, series: windows_lib.WindowSeries) -> dict[str, Any]:
@@ -60,13 +70,15 @@ def series_fields(program: str, series: windows_lib.WindowSeries) -> dict[str, A
 
 
 def measure_variant(config: ml_collections.ConfigDict, setup: Settings, monitor: energy_lib.EnergyMonitor,
-                    devices=None, status: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
+                    devices=None, status: Callable[[str], None] = lambda text: None, variant: str = ""
+                    ) -> dict[str, Any]:
     """FLOP and byte counts (XLA's), memory and measured steady-state windows of one config's train step and
     forward on `devices`."""
     devices = list(devices or jax.local_devices())
     batch_size, frames = config.data.batch_size, config.data.num_frames
     status("compiling")
     programs = programs_lib.compile_programs(config, batch_size, costs.default_num_classes(config), devices)
+    task = programs.lowered.components.task
     cost = {names.TRAIN_STEP: programs.train_step_cost, names.FORWARD: programs.forward_cost}
     memory = costs.step_memory(programs.train_step, programs.state, batch_size=batch_size)
     carry = {"state": programs.init_state(config.seed)}
@@ -93,13 +105,10 @@ def measure_variant(config: ml_collections.ConfigDict, setup: Settings, monitor:
         status(f"{program} windows")
         measured[program] = windows_lib.measure_windows(program, fn, monitor, window_s=setup.window_s,
                                                         repetitions=setup.repetitions, cooldown_s=setup.cooldown_s)
-    block, num_blocks = _architecture(config)
     row = {
-        "model": config.model.name, "block": block, "num_blocks": num_blocks, "width": config.model.width,
-        "dtype": config.model.dtype, "reversible": config.model.reversible, "batch_size": batch_size,
+        **_model_fields(config, variant), "batch_size": batch_size,
         "num_frames": frames, "num_devices": programs.mesh.size, "device_kind": devices[0].device_kind,
-        "params": models.count_params(programs.state.params["backbone"]),
-        "head_params": models.count_params(programs.state.params["head"]),
+        **task.param_counts(programs.state.params),
         "flops_source": ", ".join(sorted({c.source for c in cost.values()})),
         "forward_macs_per_utt_analytic": programs.forward_macs_per_utt,
         "params_bytes": memory.params_bytes, "optimizer_state_bytes": memory.optimizer_state_bytes,
@@ -135,15 +144,19 @@ def train_variant(sweep: ml_collections.ConfigDict, overrides: Mapping[str, Any]
             tail = log_path.read_text().splitlines()[-5:]
             raise RuntimeError(f"training exited with {code}; see {log_path}: " + " | ".join(tail))
     summary = json.loads(summary_path.read_text())
+    run = {"train_run_steps": summary["steps"], "train_run_seconds": summary["wall_seconds"],
+           # every (re)start of the run's measured windows (train.run), or this start's where older summaries lack it
+           "train_run_kwh": (lambda t: t.get("run", {}).get("kwh", t.get("kwh")))(
+               summary.get("profile", {}).get("train", {}))}
+    if summary.get("task") == "tagging":
+        return {"map": summary["eval"]["map"], "macro_f1": summary["eval"]["f1_macro"],
+                "eval_clips": summary["eval"]["clips"], **run}
     trials = next((k for k in summary["eval"] if not k.endswith("_asnorm")), None)
     if trials is None:
         raise RuntimeError(f"{summary_path}: no evaluation results (no trial list configured?)")
     result = summary["eval"][trials]
-    profile_train = summary.get("profile", {}).get("train", {})
     return {"eer_percent": result["eer_percent"], "min_dcf_p01": result.get("min_dcf_p01"), "eer_trials": trials,
-            "train_run_steps": summary["steps"], "train_run_seconds": summary["wall_seconds"],
-            # every (re)start of the run's measured windows (train.run), or this start's where older summaries lack it
-            "train_run_kwh": profile_train.get("run", {}).get("kwh", profile_train.get("kwh"))}
+            **run}
 
 
 # --- The sweep ----------------------------------------------------------------------------------------------------
@@ -198,10 +211,12 @@ def run_sweep(sweep: ml_collections.ConfigDict, out: str | os.PathLike, *, quick
                    "measured_at": datetime.datetime.now().isoformat(timespec="seconds")}
             try:
                 config = sweeps.variant_config(sweep, name, quick, len(devices))
-                row |= measure_variant(config, setup, monitor, devices, show)
+                row |= measure_variant(config, setup, monitor, devices, show, variant=name)
                 # For the projection to the recipe's chunk length (profiling.study.analysis).
-                row["forward_macs_per_utt_projection"] = macs_lib.forward_macs(
-                    config.model, sweep.projection.num_frames, config.data.num_mel_bins)
+                projected = config.copy_and_resolve_references()
+                projected.data.num_frames = sweep.projection.num_frames
+                row["forward_macs_per_utt_projection"] = tasks.get(config).forward_macs(
+                    projected, costs.default_num_classes(config))
                 if setup.train:
                     show("training")
                     overrides = sweeps.merge(sweeps.variant_overrides(sweep, name),
@@ -224,6 +239,9 @@ def run_sweep(sweep: ml_collections.ConfigDict, out: str | os.PathLike, *, quick
 def _with_synthetic_root(overrides: dict[str, Any], out: pathlib.Path) -> dict[str, Any]:
     """Variants trained on the synthetic corpus share one copy of it in <out>/synthetic."""
     data = overrides.get("data", {})
+    if data.get("source") == "synthetic" and "tagging" in data and not data["tagging"].get("synthetic_root"):
+        return sweeps.merge(overrides, {"data": {"tagging": {
+            "synthetic_root": str((out / "tagging_synthetic").resolve())}}})
     if data.get("source") == "synthetic" and not data.get("synthetic", {}).get("root"):
         return sweeps.merge(overrides, {"data": {"synthetic": {"root": str((out / "synthetic").resolve())}}})
     return overrides

@@ -21,7 +21,7 @@ import ml_collections
 from ml_collections.config_flags import config_flags
 
 import cli
-from sv_jax import models, parallel
+from sv_jax import parallel, tasks
 
 
 def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -131,7 +131,7 @@ def variant_config(sweep: ml_collections.ConfigDict, name: str, quick: bool, num
     up to the device count) and chunks of `quick.num_frames`."""
     config = load_config_file(sweep.base_config)
     apply_overrides(config, variant_overrides(sweep, name), f"sweep {sweep.name}, variant {name}")
-    models.resolve_architecture(config.model)  # an unknown model name fails here, naming the choices
+    tasks.get(config).create_model(config.model, 2)  # an unknown model name fails here, naming the choices
     if quick:
         config.data.batch_size = parallel.round_up(math.ceil(config.data.batch_size / sweep.quick.batch_divisor),
                                                    num_devices)
