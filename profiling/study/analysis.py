@@ -24,11 +24,27 @@ program as it runs, or a fallback's label, sv_jax.programs): `study()` refuses r
 cli.UserError naming the sources and the variants of each. Rows written before sources were recorded read as
 'unrecorded' (profiling.study.results.flops_source) and fit together only with each other.
 
-The Pareto front keeps the variants that no cheaper variant matches in EER; cost there is the projected energy of
-the full recipe (or its device-hours, time-only). The point of diminishing returns is the front's knee (the
-Kneedle idea): with cost and EER scaled to [0, 1], the front point farthest below the chord from the cheapest to
-the most accurate variant, i.e. where further energy starts buying markedly less EER. Fronts of fewer than three
-points, or with no point below the chord, have no knee, and the report says so.
+Architecture families (audio tagging: rows with a `family`, "MLP" | "CNN" | "RNN" | "CRNN"; Douwes & Serizel, "From
+Computation to Consumption", find that FLOPs predict energy only within a family). Where rows name at least two
+families, `family_fits` holds the same line, weighted line, plane and correlation per family (first-seen order)
+and for "all" rows, and `family_test` asks whether one cost-per-FLOP line fits all families: a Chow-type F test of
+one pooled line (2 parameters) against one line per family (2 per family), on the rows that name a family,
+    F = ((RSS_pooled − RSS_separate) / (2(g − 1))) / (RSS_separate / (n − 2g)),   g families, n variants,
+p from the F(2(g − 1), n − 2g) distribution. It assumes unweighted least squares is right: residuals independent,
+normal and of equal variance in every family (cost figures of large variants usually scatter more, so it is an
+approximation). With few variants per family (three or four in a sweep) it has little power: a p above 5% says the
+data cannot tell the lines apart, not that one line fits. It is not run where a family has fewer than two variants
+or n − 2g < 1 (no residual degrees of freedom). Beside it, the spread of the per-family slopes: the largest positive
+slope over the smallest (how many times more a FLOP costs in the dearest family). Speaker rows have no `family`:
+no grouping, and both fields stay empty.
+
+The Pareto front keeps the variants that no cheaper variant matches in quality: EER % (lower is better) where rows
+have `eer_percent`, else tagging rows' `map` (macro mean average precision, 0-1, higher is better; the front is
+found on 1 − mAP and reported as mAP); cost there is the projected energy of the full recipe (or its device-hours,
+time-only). The point of diminishing returns is the front's knee (the Kneedle idea): with cost and quality scaled to
+[0, 1], the front point farthest below the chord from the cheapest to the most accurate variant, i.e. where further
+energy starts buying markedly less quality. Fronts of fewer than three points, or with no point below the chord,
+have no knee, and the report says so.
 
 The projection scales measured cost per utterance to the recipe (`sweep.projection`: 150 epochs of VoxCeleb2 dev at
 global batch 256 and 200-frame chunks) by the analytic forward MACs from the measured chunk to the recipe's, and
@@ -51,6 +67,8 @@ from profiling import names
 from profiling.study import results
 
 PROGRAMS = names.PROGRAMS  # 'train_step', 'forward'
+ALL_FAMILIES = "all"  # the key of all rows in Study.family_fits
+EER, MAP = "eer_percent", "map"  # quality metrics of the Pareto front: speaker EER % (lower is better), tagging mAP
 
 
 # No variant's per-call spread is taken as smaller than this fraction of its mean (see the module docstring), nor,
@@ -183,22 +201,84 @@ def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, float | Non
             "spearman_rho": float(spearman.statistic), "spearman_p": float(spearman.pvalue)}
 
 
-def pareto_front(cost: Sequence[float], eer: Sequence[float]) -> list[int]:
-    """Indices of the variants no cheaper (or equally cheap) variant matches in EER, by increasing cost."""
+def families(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """{family: its rows}, families in first-seen order; rows without a `family` (speaker rows) are in none."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("family") is not None:
+            groups.setdefault(r["family"], []).append(r)
+    return groups
+
+
+def residual_sum_of_squares(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Of the unweighted `fit_line`; None where there is no line (fewer than two distinct x)."""
+    fit = fit_line(x, y)
+    if fit is None:
+        return None
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    return float(((y - fit.slope * x - fit.fit_constant) ** 2).sum())
+
+
+def one_line_test(groups: dict[str, tuple[Sequence[float], Sequence[float]]]) -> dict[str, Any]:
+    """Chow-type F test of one pooled line against one line per group ({group: (FLOPs, cost)}; module docstring).
+
+    {'f', 'p_value', 'df': (2(g-1), n-2g), 'rss_pooled', 'rss_separate', 'families': g, 'n'}, or {'missing': why}.
+    """
+    small = [name for name, (x, _) in groups.items() if len(x) < 2]
+    if small:
+        return {"missing": f"fewer than two variants in {', '.join(small)}"}
+    g, n = len(groups), sum(len(x) for x, _ in groups.values())
+    if n - 2 * g < 1:
+        return {"missing": f"{n} variants in {g} families leave no residual degrees of freedom "
+                           f"(n − 2g = {n - 2 * g})"}
+    separate = {name: residual_sum_of_squares(x, y) for name, (x, y) in groups.items()}
+    flat = [name for name, rss in separate.items() if rss is None]
+    if flat:
+        return {"missing": f"fewer than two distinct FLOP counts in {', '.join(flat)}"}
+    rss_separate = sum(separate.values())
+    rss_pooled = residual_sum_of_squares([v for x, _ in groups.values() for v in x],
+                                         [v for _, y in groups.values() for v in y])
+    df = (2 * (g - 1), n - 2 * g)
+    gain = max(rss_pooled - rss_separate, 0.0)  # nested models: negative only by rounding
+    if rss_separate > 0:
+        f = (gain / df[0]) / (rss_separate / df[1])
+        p_value = float(stats.f.sf(f, *df))
+    else:  # every family exactly on its own line
+        f, p_value = (math.inf, 0.0) if gain > 0 else (0.0, 1.0)
+    return {"f": f, "p_value": p_value, "df": df, "rss_pooled": rss_pooled, "rss_separate": rss_separate,
+            "families": g, "n": n}
+
+
+def slope_spread(slopes: Sequence[float | None]) -> float | None:
+    """Largest over smallest of the positive slopes; None with fewer than two."""
+    positive = [s for s in slopes if s is not None and s > 0]
+    return max(positive) / min(positive) if len(positive) >= 2 else None
+
+
+def quality_metric(rows: Sequence[dict[str, Any]]) -> str:
+    """EER where any row has one (speaker rows), else MAP where any row has one or names a family (tagging rows)."""
+    if any(r.get(EER) is not None for r in rows):
+        return EER
+    return MAP if any(r.get(MAP) is not None or r.get("family") is not None for r in rows) else EER
+
+
+def pareto_front(cost: Sequence[float], error: Sequence[float]) -> list[int]:
+    """Indices of the variants no cheaper (or equally cheap) variant matches in error (EER, 1 − mAP: lower is
+    better), by increasing cost."""
     front, best = [], math.inf
-    for i in sorted(range(len(cost)), key=lambda i: (cost[i], eer[i])):
-        if eer[i] < best:
+    for i in sorted(range(len(cost)), key=lambda i: (cost[i], error[i])):
+        if error[i] < best:
             front.append(i)
-            best = eer[i]
+            best = error[i]
     return front
 
 
-def knee(cost: Sequence[float], eer: Sequence[float], front: Sequence[int]) -> int | None:
-    """The front's point of diminishing returns (see the module docstring), as an index into cost/eer."""
+def knee(cost: Sequence[float], error: Sequence[float], front: Sequence[int]) -> int | None:
+    """The front's point of diminishing returns (see the module docstring), as an index into cost/error."""
     if len(front) < 3:
         return None
     x = np.asarray([cost[i] for i in front], float)
-    y = np.asarray([eer[i] for i in front], float)
+    y = np.asarray([error[i] for i in front], float)
     x, y = (x - x[0]) / (x[-1] - x[0]), (y - y[-1]) / (y[0] - y[-1])  # cheapest (0, 1) to best (1, 0)
     below = (1.0 - x) - y  # how far each point lies below the chord y = 1 - x
     k = int(np.argmax(below[1:-1])) + 1
@@ -233,9 +313,17 @@ class Study:
     fits: dict[str, Any]
     cost_per_gflop: dict[str, dict[str, float]]  # variant -> {'train_step': J (or s) per GFLOP, 'forward': ...}
     projection: dict[str, dict[str, Any]]  # variant -> project()
-    pareto: dict[str, Any]  # {'cost_key', 'points', 'front', 'knee'} or {'missing': why}
+    # {'metric': EER | MAP, 'cost_key', 'points': [{'variant', 'cost', <metric>}], 'front', 'knee',
+    # 'marginal': [{'from', 'to', 'eer_points_per_cost' | 'map_per_cost'}]} or {'metric', 'missing': why}
+    pareto: dict[str, Any]
     flops_sources: dict[str, dict[str, list[str]]] = dataclasses.field(default_factory=dict)  # flops_sources()
     why_no_dynamic: str = ""  # why there are no dynamic (idle-subtracted) fits; "" when there are
+    # Only where rows name two or more families, else {} (module docstring). family ('MLP', ..., ALL_FAMILIES) ->
+    # program -> {'line': Fit | None, 'weighted': Fit | None, 'plane': PlaneFit | None, 'correlation': {...},
+    # 'n': variants}, plus 'missing': why where the family has one variant (its fits are None).
+    family_fits: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # program -> one_line_test() | {'slope_spread': slope_spread() of the families' unweighted slopes}
+    family_test: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def unit(self) -> str:
@@ -286,14 +374,11 @@ def study(meta: dict[str, Any], rows: list[dict[str, Any]], failed: dict[str, st
     for program in PROGRAMS:
         flops = [r[names.key(program, "flops")] for r in rows]
         bytes_ = [r[names.key(program, "bytes_accessed")] for r in rows]
-        cost, std = zip(*(result.cost(r, program) for r in rows))
+        cost = [result.cost(r, program)[0] for r in rows]
         windows = [r.get(names.key(program, "windows")) or 1 for r in rows]
-        fits = {"line": fit_line(flops, cost), "weighted": fit_weighted_line(flops, cost, std, windows),
-                "dynamic_line": None, "dynamic_weighted": None,
-                # No bytes where the count is not the running backend's ('xla-unoptimized'): FLOPs alone then.
-                "plane": fit_plane(flops, bytes_, cost) if None not in bytes_ else None,
-                "correlation": correlation(flops, list(cost)),
-                "correlation_bytes": correlation(bytes_, list(cost)) if None not in bytes_ else correlation([], [])}
+        fits = cost_fits(result, rows, program) | {
+            "dynamic_line": None, "dynamic_weighted": None,
+            "correlation_bytes": correlation(bytes_, cost) if None not in bytes_ else correlation([], [])}
         if not why_no_dynamic:
             dynamic = [r[dynamic_mean[program]] for r in rows]
             dynamic_std = [r.get(names.key(program, "dynamic_j_std"), r.get(names.key(program, "j_std")))
@@ -303,25 +388,63 @@ def study(meta: dict[str, Any], rows: list[dict[str, Any]], failed: dict[str, st
         result.fits[program] = fits
         for r, f, c in zip(rows, flops, cost):
             result.cost_per_gflop.setdefault(r["variant"], {})[program] = c / (f / 1e9)
+    groups = families(rows)
+    if len(groups) >= 2:
+        result.family_fits = {name: {program: group_fits(result, members, program) for program in PROGRAMS}
+                              for name, members in (groups | {ALL_FAMILIES: rows}).items()}
+        for program in PROGRAMS:
+            test = one_line_test({name: ([r[names.key(program, "flops")] for r in members],
+                                         [result.cost(r, program)[0] for r in members])
+                                  for name, members in groups.items()})
+            lines = [result.family_fits[name][program]["line"] for name in groups]
+            result.family_test[program] = test | {"slope_spread": slope_spread([fit.slope if fit else None
+                                                                                for fit in lines])}
     grid = carbon.Grid(**meta["grid"])
     result.projection = {r["variant"]: project(r, meta["projection"], grid, energy) for r in rows}
-    with_eer = [r for r in rows if r.get("eer_percent") is not None]
-    if len(with_eer) < 2:
-        result.pareto = {"missing": "no EER: run with --train (or sweep.train.enabled) to train each variant"
-                         if not with_eer else "EER for only one variant"}
-        return result
-    cost_key = "kwh" if energy else "device_hours"
-    cost = [result.projection[r["variant"]][cost_key] for r in with_eer]
-    eer = [r["eer_percent"] for r in with_eer]
-    front = pareto_front(cost, eer)
-    k = knee(cost, eer, front)
-    result.pareto = {"cost_key": cost_key,
-                     "points": [{"variant": r["variant"], "cost": c, "eer_percent": e}
-                                for r, c, e in zip(with_eer, cost, eer)],
-                     "front": [with_eer[i]["variant"] for i in front],
-                     "knee": with_eer[k]["variant"] if k is not None else None,
-                     "marginal": [{"from": with_eer[a]["variant"], "to": with_eer[b]["variant"],
-                                   "eer_points_per_cost": (eer[a] - eer[b]) / (cost[b] - cost[a])
-                                   if cost[b] > cost[a] else None}
-                                  for a, b in zip(front, front[1:])]}
+    result.pareto = pareto(result)
     return result
+
+
+def cost_fits(study: Study, rows: Sequence[dict[str, Any]], program: str) -> dict[str, Any]:
+    """{'line', 'weighted', 'plane', 'correlation'} of `rows`' cost per call of `program` on its FLOPs (and bytes)."""
+    flops = [r[names.key(program, "flops")] for r in rows]
+    bytes_ = [r[names.key(program, "bytes_accessed")] for r in rows]
+    cost, std = zip(*(study.cost(r, program) for r in rows))
+    windows = [r.get(names.key(program, "windows")) or 1 for r in rows]
+    return {"line": fit_line(flops, cost), "weighted": fit_weighted_line(flops, cost, std, windows),
+            # No bytes where the count is not the running backend's ('xla-unoptimized'): FLOPs alone then.
+            "plane": fit_plane(flops, bytes_, cost) if None not in bytes_ else None,
+            "correlation": correlation(flops, list(cost))}
+
+
+def group_fits(study: Study, rows: Sequence[dict[str, Any]], program: str) -> dict[str, Any]:
+    """`cost_fits` of one family's rows and their number `n`; with one variant, None fits and 'missing'."""
+    out = cost_fits(study, rows, program) | {"n": len(rows)}
+    if len(rows) < 2:
+        out["missing"] = "one variant: no line through one point"
+    return out
+
+
+def pareto(study: Study) -> dict[str, Any]:
+    """The study's Pareto front of projected cost against quality (`quality_metric`; see the module docstring)."""
+    metric = quality_metric(study.rows)
+    label = "EER" if metric == EER else "mAP"
+    rated = [r for r in study.rows if r.get(metric) is not None]
+    if len(rated) < 2:
+        return {"metric": metric,
+                "missing": f"no {label}: run with --train (or sweep.train.enabled) to train each variant"
+                if not rated else f"{label} for only one variant"}
+    cost_key = "kwh" if study.energy else "device_hours"
+    cost = [study.projection[r["variant"]][cost_key] for r in rated]
+    quality = [r[metric] for r in rated]
+    error = quality if metric == EER else [1.0 - q for q in quality]
+    front = pareto_front(cost, error)
+    k = knee(cost, error, front)
+    gain_key = "eer_points_per_cost" if metric == EER else "map_per_cost"
+    return {"metric": metric, "cost_key": cost_key,
+            "points": [{"variant": r["variant"], "cost": c, metric: q} for r, c, q in zip(rated, cost, quality)],
+            "front": [rated[i]["variant"] for i in front],
+            "knee": rated[k]["variant"] if k is not None else None,
+            "marginal": [{"from": rated[a]["variant"], "to": rated[b]["variant"],
+                          gain_key: (error[a] - error[b]) / (cost[b] - cost[a]) if cost[b] > cost[a] else None}
+                         for a, b in zip(front, front[1:])]}

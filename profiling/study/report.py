@@ -5,6 +5,11 @@
 Every figure says what it is: cost axes name Joules or seconds, FLOP and byte figures are XLA's counts ("counted by
 XLA", never "measured") with their source per program, a fit's intercept is its "fit constant" (not an idle power),
 projected figures say "projection", quick runs say "quick" in titles and at the top of the report.
+
+Rows of both tasks: speaker rows (ResNet blocks per stage, EER %, per utterance) and audio-tagging rows (a `family`,
+`size` and `architecture`, mAP, per clip). Where the study has fits per architecture family
+(analysis.Study.family_fits), a section "By architecture family" shows them with the answer of the F test to "does
+one cost-per-FLOP line fit all families?", and a plot per program shows each family's points and line.
 """
 
 from __future__ import annotations
@@ -22,6 +27,13 @@ from profiling.study.analysis import Study
 _WHAT = {names.TRAIN_STEP: "train step", names.FORWARD: "forward call"}
 
 STAGE_COLOURS = ("#4c72b0", "#55a868", "#c44e52", "#8172b2")
+
+# The F test's level, and below how many variants in its smallest family the report warns that it has little power.
+SIGNIFICANCE = 0.05
+FEW_VARIANTS_PER_FAMILY = 5
+
+# Name and axis label of each quality metric of the Pareto front.
+_QUALITY = {analysis.EER: ("EER", "EER (%)"), analysis.MAP: ("mAP", "mAP (macro mean average precision)")}
 
 
 def _pyplot():
@@ -43,6 +55,16 @@ def _title(study: Study, text: str) -> str:
 
 def _cost_label(study: Study, program: str) -> str:
     return f"{'energy (J)' if study.energy else 'time (s)'} per {_WHAT[program]}"
+
+
+def _tagging(study: Study) -> bool:
+    """Audio-tagging rows (they name an architecture family): per clip, not per utterance."""
+    return any(r.get("family") is not None for r in study.rows)
+
+
+def _item(study: Study, short: bool = True) -> str:
+    """What one example of the batch is: 'clip', or 'utt' ('utterance' unless short)."""
+    return "clip" if _tagging(study) else "utt" if short else "utterance"
 
 
 def plot_flops_vs_cost(study: Study, program: str, path: pathlib.Path) -> None:
@@ -79,25 +101,58 @@ def plot_flops_vs_cost(study: Study, program: str, path: pathlib.Path) -> None:
     _save(fig, path)
 
 
-def plot_eer_vs_cost(study: Study, path: pathlib.Path) -> None:
+def plot_flops_vs_cost_by_family(study: Study, program: str, path: pathlib.Path) -> None:
+    """Each family's variants and fitted line in its own colour; the line over all families dashed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    top = max(r[names.key(program, "flops")] for r in study.rows) / 1e9 * 1.05
+
+    def line(fit, xs, style, colour, what):
+        ax.plot(xs, [fit.slope * 1e9 * x + fit.fit_constant for x in xs], style, color=colour,
+                label=f"{what}: {fit.slope * 1e9:.4g}·GFLOP {'+' if fit.fit_constant >= 0 else '−'} "
+                      f"{abs(fit.fit_constant):.3g}, R² {fit.r2:.3f}")
+
+    for i, (family, members) in enumerate(analysis.families(study.rows).items()):
+        colour = f"C{i % 10}"
+        gflops = [r[names.key(program, "flops")] / 1e9 for r in members]
+        ax.plot(gflops, [study.cost(r, program)[0] for r in members], "o", color=colour,
+                label=f"{family} (measured)")
+        fit = study.family_fits[family][program]["line"]
+        if fit is not None:
+            line(fit, [min(gflops), max(gflops)], "-", colour, f"{family} fit")
+    pooled = study.family_fits[analysis.ALL_FAMILIES][program]["line"]
+    if pooled is not None:
+        line(pooled, [0.0, top], "--", "grey", "one line, all families")
+    ax.set_xlabel(f"GFLOP per {_WHAT[program]}, counted by XLA")
+    ax.set_ylabel(_cost_label(study, program))
+    ax.set_title(_title(study, f"{'training' if program == names.TRAIN_STEP else 'inference'} FLOPs vs "
+                               f"{'energy' if study.energy else 'time'} by family"), fontsize=10)
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def plot_quality_vs_cost(study: Study, path: pathlib.Path) -> None:
+    """The Pareto front of projected cost against EER (lower is better) or mAP (higher is better)."""
     plt = _pyplot()
     pareto = study.pareto
+    metric = pareto["metric"]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     points = {p["variant"]: p for p in pareto["points"]}
-    ax.scatter([p["cost"] for p in points.values()], [p["eer_percent"] for p in points.values()], label="variants")
+    ax.scatter([p["cost"] for p in points.values()], [p[metric] for p in points.values()], label="variants")
     for p in points.values():
-        ax.annotate(p["variant"], (p["cost"], p["eer_percent"]), textcoords="offset points", xytext=(4, 4),
-                    fontsize=7)
+        ax.annotate(p["variant"], (p["cost"], p[metric]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     front = [points[v] for v in pareto["front"]]
-    ax.plot([p["cost"] for p in front], [p["eer_percent"] for p in front], "-", color="C1", label="Pareto front")
+    ax.plot([p["cost"] for p in front], [p[metric] for p in front], "-", color="C1", label="Pareto front")
     if pareto["knee"]:
         k = points[pareto["knee"]]
-        ax.scatter([k["cost"]], [k["eer_percent"]], marker="*", s=220, color="C3", zorder=3,
+        ax.scatter([k["cost"]], [k[metric]], marker="*", s=220, color="C3", zorder=3,
                    label=f"diminishing returns past {pareto['knee']}")
     what = "kWh" if pareto["cost_key"] == "kwh" else "device-hours"
     ax.set_xlabel(f"projected full-recipe training {what} (projection)")
-    ax.set_ylabel("EER (%)")
-    ax.set_title(_title(study, f"EER vs {what}"), fontsize=10)
+    ax.set_ylabel(_QUALITY[metric][1])
+    ax.set_title(_title(study, f"{_QUALITY[metric][0]} vs {what}"), fontsize=10)
     ax.legend(fontsize=7)
     _save(fig, path)
 
@@ -131,13 +186,20 @@ def plot_stages(study: Study, path: pathlib.Path) -> None:
 
 def plot_all(study: Study, out: pathlib.Path) -> dict[str, str]:
     """Writes every plot the study supports; returns {what: file name}."""
-    images = {program: f"{program}_flops_vs_cost.png" for program in names.PROGRAMS} | {"stages": "stages.png"}
+    images = {program: f"{program}_flops_vs_cost.png" for program in names.PROGRAMS}
     for program in names.PROGRAMS:
         plot_flops_vs_cost(study, program, out / images[program])
-    plot_stages(study, out / images["stages"])
+    if study.family_fits:
+        for program in names.PROGRAMS:
+            images[f"{program}_by_family"] = f"flops_vs_{program}_by_family.png"
+            plot_flops_vs_cost_by_family(study, program, out / images[f"{program}_by_family"])
+    if all(r.get("num_blocks") for r in study.rows):  # ResNet stages; tagging rows have none
+        images["stages"] = "stages.png"
+        plot_stages(study, out / images["stages"])
     if "front" in study.pareto:
-        images["eer"] = "eer_vs_cost.png"
-        plot_eer_vs_cost(study, out / images["eer"])
+        metric = "eer" if study.pareto["metric"] == analysis.EER else "map"
+        images[metric] = f"{metric}_vs_cost.png"
+        plot_quality_vs_cost(study, out / images[metric])
     return images
 
 
@@ -189,21 +251,27 @@ def markdown(study: Study, images: dict[str, str]) -> str:
 
     out += ["## Variants", "", f"GFLOP and GB are counted by XLA; {'Joules' if study.energy else 'seconds'} are "
             "measured (mean ± sd over windows).", ""]
-    header = ["variant", "blocks", "width", "dtype", "batch × frames", "params (M)", "train GFLOP/step",
-              "train GB/step", "forward GFLOP/utt", "activations (MB)", f"train {u}/step (mean ± sd)",
-              f"train {u}/utt", f"forward {u}/utt (mean ± sd)", f"train {u}/GFLOP", "EER %"]
+    tagging, item = _tagging(study), _item(study)
+    header = ((["variant", "family", "size", "architecture"] if tagging else ["variant", "blocks", "width"])
+              + ["dtype", "batch × frames", "params (M)", "train GFLOP/step", "train GB/step",
+                 f"forward GFLOP/{item}", "activations (MB)", f"train {u}/step (mean ± sd)", f"train {u}/{item}",
+                 f"forward {u}/{item} (mean ± sd)", f"train {u}/GFLOP"]
+              + (["mAP", "macro F1"] if tagging else ["EER %"]))
     table = []
     step, forward = names.TRAIN_STEP, names.FORWARD
     for r in study.rows:
         tm, ts = study.cost(r, step)
         im, isd = study.cost(r, forward)
         b = r["batch_size"]
-        table.append([r["variant"], f"{r['block']} {r['num_blocks']}", str(r["width"]), r["dtype"],
-                      f"{b} × {r['num_frames']}", _num(r["params"] / 1e6),
-                      _num(r[names.key(step, "flops")] / 1e9, 4), _num(r[names.key(step, "bytes_accessed")] / 1e9),
-                      _num(r[names.key(forward, "flops")] / b / 1e9), _num(r["activation_bytes"] / 1e6),
-                      f"{_num(tm)} ± {_num(ts, 2)}", _num(tm / b), f"{_num(im / b)} ± {_num(isd / b, 2)}",
-                      _num(study.cost_per_gflop[r["variant"]][step]), _num(r.get("eer_percent"))])
+        identity = ([r.get("family") or "–", r.get("size") or "–", r.get("architecture") or "–"] if tagging
+                    else [f"{r['block']} {r['num_blocks']}", str(r["width"])])
+        quality = [_num(r.get("map")), _num(r.get("macro_f1"))] if tagging else [_num(r.get("eer_percent"))]
+        table.append([r["variant"]] + identity + [
+            r["dtype"], f"{b} × {r['num_frames']}", _num(r["params"] / 1e6),
+            _num(r[names.key(step, "flops")] / 1e9, 4), _num(r[names.key(step, "bytes_accessed")] / 1e9),
+            _num(r[names.key(forward, "flops")] / b / 1e9), _num(r["activation_bytes"] / 1e6),
+            f"{_num(tm)} ± {_num(ts, 2)}", _num(tm / b), f"{_num(im / b)} ± {_num(isd / b, 2)}",
+            _num(study.cost_per_gflop[r["variant"]][step])] + quality)
     out += [_table(header, table), ""]
     if any(r.get("window_warnings") for r in study.rows):
         out += ["Window warnings: " + "; ".join(w for r in study.rows for w in r.get("window_warnings", [])), ""]
@@ -242,15 +310,21 @@ def markdown(study: Study, images: dict[str, str]) -> str:
     out += [_table(["program", f"Pearson r ({u} vs FLOPs)", "Spearman ρ", f"Pearson r ({u} vs bytes)",
                     "R² on FLOPs and bytes"], table), ""]
 
+    if study.family_fits:
+        out += _by_family(study)
+
     out += ["## Accuracy against energy", ""]
     pareto = study.pareto
     if "missing" in pareto:
         out += [f"No Pareto front: {pareto['missing']}.", ""]
     else:
-        eer_rows = [r for r in study.rows if r.get("eer_percent") is not None]
-        how = {f"{r['train_run_steps']} steps, trial list '{r['eer_trials']}'" if "train_run_steps" in r
-               else "EER recorded in the row" for r in eer_rows}
-        out += [f"EER from training each variant with `python -m sv_jax.main` ({'; '.join(sorted(how))})"
+        eer = pareto["metric"] == analysis.EER
+        rated = [r for r in study.rows if r.get(pareto["metric"]) is not None]
+        how = {(f"{r['train_run_steps']} steps" + (f", trial list '{r['eer_trials']}'" if eer else "")
+                if "train_run_steps" in r else f"{_QUALITY[pareto['metric']][0]} recorded in the row")
+               for r in rated}
+        what = ("EER" if eer else "mAP (macro mean average precision over the held-out clips, higher is better)")
+        out += [f"{what} from training each variant with `python -m sv_jax.main` ({'; '.join(sorted(how))})"
                 + (": a smoke training on a tiny synthetic corpus, which does not rank the models." if meta["quick"]
                    else ".") + f" Cost: projected full-recipe training "
                 f"{'kWh' if pareto['cost_key'] == 'kwh' else 'device-hours'} (below).", "",
@@ -258,14 +332,15 @@ def markdown(study: Study, images: dict[str, str]) -> str:
                 + (f"Diminishing returns past **{pareto['knee']}** (the front's knee)." if pareto["knee"] else
                    "No knee: the front has fewer than three points or none lies below the chord."), ""]
         if pareto["marginal"]:
-            out += [_table(["step on the front", "EER points gained per unit of cost"],
-                           [[f"{m_['from']} → {m_['to']}", _num(m_["eer_points_per_cost"])]
-                            for m_ in pareto["marginal"]]), ""]
+            gain, gain_key = (("EER points", "eer_points_per_cost") if eer else ("mAP", "map_per_cost"))
+            out += [_table(["step on the front", f"{gain} gained per unit of cost"],
+                           [[f"{m_['from']} → {m_['to']}", _num(m_[gain_key])] for m_ in pareto["marginal"]]), ""]
 
     p = meta["projection"]
     out += ["## Projection: the full recipe (a projection, not a measurement)", "",
-            f"{p['epochs']} epochs of {p['utterances_per_epoch']:,} utterances at global batch {p['global_batch']}, "
-            f"{p['num_frames']}-frame chunks, on the measured devices ({m['devices']}). Cost per utterance is scaled "
+            f"{p['epochs']} epochs of {p['utterances_per_epoch']:,} {_item(study, short=False)}s at global batch "
+            f"{p['global_batch']}, {p['num_frames']}-frame chunks, on the measured devices ({m['devices']}). Cost per "
+            f"{_item(study, short=False)} is scaled "
             f"from the measured chunk to {p['num_frames']} frames by the analytic forward MACs and assumed equal at "
             "batch " f"{p['global_batch']} to the measured batch's."
             + (f" CO2: {meta['grid']['intensity_g_per_kwh']:g} g/kWh ({meta['grid']['intensity_source']}), "
@@ -282,6 +357,55 @@ def markdown(study: Study, images: dict[str, str]) -> str:
     if images:
         out += ["## Plots", ""] + [f"![{what}]({name})" for what, name in images.items()] + [""]
     return "\n".join(out)
+
+
+def _by_family(study: Study) -> list[str]:
+    """Markdown lines of the section on fits per architecture family (analysis.Study.family_fits, family_test)."""
+    u = study.unit
+    groups = analysis.families(study.rows)
+    out = ["## By architecture family", "",
+           f"The fits above, per architecture family: least squares of {u} per call on GFLOP per call counted by XLA "
+           f"(`{u} = a·GFLOP + b`, unweighted), and on GFLOP and GB."
+           + ("" if study.energy else " **Time only**: seconds per call, not Joules (no energy sensor).")
+           + " Does one line fit all families? A Chow-type F test of one line for all families against one line "
+             "per family (unweighted least squares; it assumes normal residuals of equal variance in every "
+             "family).", ""]
+    table, lonely = [], []
+    for name in list(groups) + [analysis.ALL_FAMILIES]:
+        for program, what in _WHAT.items():
+            fits = study.family_fits[name][program]
+            line, plane = fits["line"], fits["plane"]
+            table.append([f"**{name} families**" if name == analysis.ALL_FAMILIES else name, what, str(fits["n"]),
+                          _num(line.slope * 1e9 if line else None, 4), _num(line.fit_constant if line else None, 4),
+                          _num(line.r2 if line else None, 4), _num(plane.r2 if plane else None, 4),
+                          _num(fits["correlation"]["pearson_r"], 4)])
+            if fits.get("missing") and name not in lonely:
+                lonely.append(name)
+    out += [_table(["family", "program", "variants", f"a ({u}/GFLOP)", f"fit constant b ({u}/call)", "R² (FLOPs)",
+                    "R² (FLOPs + bytes)", "Pearson r"], table), ""]
+    if lonely:
+        out += [f"No fit for {', '.join(lonely)}: one variant (no line through one point).", ""]
+    sizes = sorted(len(members) for members in groups.values())
+    per_family = f"{sizes[0]}" if sizes[0] == sizes[-1] else f"{sizes[0]}–{sizes[-1]}"
+    for program, what in _WHAT.items():
+        test = study.family_test[program]
+        if "missing" in test:
+            answer = f"not tested: {test['missing']}."
+        elif test["p_value"] < SIGNIFICANCE:
+            answer = (f"F = {_num(test['f'])} (df {test['df'][0]}, {test['df'][1]}), p = {_num(test['p_value'], 2)}: "
+                      f"separate lines per family fit significantly better ({SIGNIFICANCE:.0%} level).")
+        else:
+            answer = (f"F = {_num(test['f'])} (df {test['df'][0]}, {test['df'][1]}), p = {_num(test['p_value'], 2)}: "
+                      f"no significant difference at the {SIGNIFICANCE:.0%} level"
+                      + (f" (with {per_family} variants per family the test has little power)."
+                         if sizes[0] < FEW_VARIANTS_PER_FAMILY else "."))
+        spread = test["slope_spread"]
+        slopes = ", ".join(f"{name} {_num(line.slope * 1e9, 3)}" for name in groups
+                           if (line := study.family_fits[name][program]["line"]) is not None)
+        out += [f"- {what}: one line for all families: {answer} Slopes ({u}/GFLOP): {slopes or 'none'}; "
+                + (f"the largest positive slope is {_num(spread)}× the smallest." if spread is not None else
+                   "no spread: fewer than two families have a positive slope.")]
+    return out + [""]
 
 
 def write(out: str | pathlib.Path, plots: bool = True) -> Study:
