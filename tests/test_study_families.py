@@ -207,3 +207,19 @@ def test_time_only_rows_fit_seconds_per_family():
     section = text[text.index("## By architecture family"):text.index("## Accuracy against energy")]
     assert "**Time only**: seconds per call, not Joules" in section and "| a (s/GFLOP) |" in section
     assert re.search(r"Slopes \(s/GFLOP\): MLP 1(\.00\d*)?, CNN 3\.0\d*, CRNN 5(\.00\d*)?;", section), section
+
+
+def test_train_steps_counted_without_bytes_fit_on_flops_alone(tmp_path):
+    """Tagging train steps are counted before optimisation (no bytes): their plane fit is absent, the table shows
+    no GB, and the forward (with bytes) keeps its plane."""
+    rows = [r | {"train_step_bytes_accessed": None, "train_step_flops_source": "xla-unoptimized"}
+            for r in _family_rows()]
+    study = analysis.study(_meta(), rows)
+    assert study.fits["train_step"]["plane"] is None and study.fits["forward"]["plane"] is not None
+    assert all(study.family_fits[f]["train_step"]["plane"] is None for f in LINES)
+    assert study.family_fits["MLP"]["train_step"]["line"].slope == pytest.approx(LINES["MLP"][0], rel=1e-2)
+    text = report.markdown(study, report.plot_all(study, tmp_path))
+    variants = text[text.index("## Variants"):text.index("## FLOPs against")]
+    row = next(line for line in variants.splitlines() if line.startswith("| mlp-small |"))
+    assert row.split("|")[9].strip() == "–", row  # train GB/step
+    assert (tmp_path / "flops_vs_train_step_by_family.png").stat().st_size > 0

@@ -24,7 +24,7 @@ import cli
 
 _SWEEP = config_flags.DEFINE_config_file("sweep", None, "a sweep file in configs/sweeps/", lock_config=True)
 _OUT = flags.DEFINE_string("out", None, "results directory")
-_QUICK = flags.DEFINE_bool("quick", False, "small batch, 0.5-s chunks and short windows: a try-out, labelled quick")
+_QUICK = flags.DEFINE_bool("quick", False, "small batch, short inputs (the sweep's quick.num_frames) and short windows: a try-out, labelled quick")
 _TRAIN = flags.DEFINE_bool("train", None, "also train each variant for its EER (default: the sweep's setting; "
                                           "--quick trains a smoke run on a tiny synthetic corpus)")
 _VARIANTS = flags.DEFINE_list("variants", [], "measure only these variants (default: all)")

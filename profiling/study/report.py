@@ -205,6 +205,11 @@ def plot_all(study: Study, out: pathlib.Path) -> dict[str, str]:
 
 # --- Markdown -----------------------------------------------------------------------------------------------------
 
+def _per(value: float | None, unit: float) -> float | None:
+    """`value` in `unit`s; None (no count: an unoptimised FLOP count has no bytes) stays None."""
+    return None if value is None else value / unit
+
+
 def _num(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
@@ -235,7 +240,8 @@ def markdown(study: Study, images: dict[str, str]) -> str:
     dates = sorted(r["measured_at"] for r in study.rows)
     out = [f"# Compute–energy study: {meta['sweep']}", "", meta.get("description", ""), ""]
     if meta["quick"]:
-        out += ["> **Quick numbers** (`--quick`: smaller batch, 0.5-s chunks, short windows" +
+        frames = "/".join(str(f) for f in sorted({r["num_frames"] for r in study.rows}))
+        out += [f"> **Quick numbers** (`--quick`: smaller batch, {frames}-frame inputs, short windows" +
                 (", a smoke training on a tiny synthetic corpus" if settings["train"] else "") +
                 "): for trying the tool out, not for conclusions.", ""]
     if not study.energy:
@@ -268,7 +274,7 @@ def markdown(study: Study, images: dict[str, str]) -> str:
         quality = [_num(r.get("map")), _num(r.get("macro_f1"))] if tagging else [_num(r.get("eer_percent"))]
         table.append([r["variant"]] + identity + [
             r["dtype"], f"{b} × {r['num_frames']}", _num(r["params"] / 1e6),
-            _num(r[names.key(step, "flops")] / 1e9, 4), _num(r[names.key(step, "bytes_accessed")] / 1e9),
+            _num(r[names.key(step, "flops")] / 1e9, 4), _num(_per(r[names.key(step, "bytes_accessed")], 1e9)),
             _num(r[names.key(forward, "flops")] / b / 1e9), _num(r["activation_bytes"] / 1e6),
             f"{_num(tm)} ± {_num(ts, 2)}", _num(tm / b), f"{_num(im / b)} ± {_num(isd / b, 2)}",
             _num(study.cost_per_gflop[r["variant"]][step])] + quality)
