@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-import threading
 import time
 
 import jax
@@ -250,13 +249,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                 checkpointer.close()  # waits for an in-flight save, also when the loop fails
             # Free the endless input iterator here, also when the loop fails: left to interpreter shutdown (e.g.
             # held by a traceback), TF's map threads that call into Python can hang the exit (seen in a script
-            # that kept a speed-perturbed pipeline's iterator in a global). It is closed on a helper thread that
-            # this one joins, so that this one waits with the GIL released: reads in flight (tf.numpy_function)
-            # need it to finish, and the iterator's deletion waits for them (the tagging demo's close took 54-63 s
-            # in 2 of 4 runs when closed here).
-            closer = threading.Thread(target=batches.close, name="close-input")
-            closer.start()
-            closer.join()
+            # that kept a speed-perturbed pipeline's iterator in a global).
+            batches.close()
 
         if preempted_at is not None:
             log.warning("stopped by %s after step %d of %d; its checkpoint is saved: run the same command to resume",
