@@ -63,20 +63,23 @@ def padded_rows(batch: Mapping[str, np.ndarray], rows: int) -> tuple[np.ndarray,
 
 
 class Embedder:
-    """Jit-compiled, data-parallel `model.embed` over padded evaluation batches.
+    """Jit-compiled, data-parallel `model.embed` (or `apply_fn`: a tagger's clip logits) over padded evaluation
+    batches.
 
     Every process iterates the same batches; each feeds only its own rows of each (`local_rows`), so the devices
     of the whole mesh compute every embedding once, and the replicated output gives every process all of them.
     `process_index` is jax.process_index() unless given (tests)."""
 
-    def __init__(self, model, mesh, process_index: int | None = None):
+    def __init__(self, model, mesh, process_index: int | None = None, apply_fn=None, audio_key: str = "data.eval_dir"):
         self.mesh = mesh
         self._mesh_processes = [d.process_index for d in mesh.devices.flat]
         self._process_index = jax.process_index() if process_index is None else process_index
+        self._audio_key = audio_key  # what to check when every file was skipped
         replicated, sharded = parallel.replicated(mesh), parallel.data_sharded(mesh)
-        self._embed = jax.jit(lambda variables, feats, lengths: model.apply(variables, feats, lengths,
-                                                                            method=model.embed),
-                              in_shardings=(replicated, sharded, sharded), out_shardings=replicated)
+        # `apply_fn(variables, feats, lengths)`: what is computed per row; default the speaker model's embedding.
+        apply_fn = apply_fn or (lambda variables, feats, lengths: model.apply(variables, feats, lengths,
+                                                                              method=model.embed))
+        self._embed = jax.jit(apply_fn, in_shardings=(replicated, sharded, sharded), out_shardings=replicated)
 
     def __call__(self, variables, batches: Iterable[Mapping[str, np.ndarray]], num_utts: int,
                  batch_frames: int, allow_missing: bool = False) -> np.ndarray:
@@ -106,7 +109,7 @@ class Embedder:
             if not allow_missing:
                 raise RuntimeError("the evaluation pipeline produced no embeddings")
             # Every file was skipped: the width is unknown, and nothing can be scored anyway.
-            raise UserError(f"all {num_utts} evaluation files were skipped as bad audio: check data.eval_dir")
+            raise UserError(f"all {num_utts} evaluation files were skipped as bad audio: check {self._audio_key}")
         if not allow_missing and np.isnan(embeddings).any():
             raise RuntimeError("the evaluation pipeline did not produce an embedding for every utterance")
         if fed < total:

@@ -26,7 +26,6 @@ import numpy as np
 
 from cli import ConfigError, MissingInputError, UserError
 from sv_jax import models as speaker_models
-from sv_jax import parallel
 from sv_jax.tagging import macs
 from sv_jax.tagging import metrics
 from sv_jax.tagging import models
@@ -96,44 +95,31 @@ def synthetic_spec(data_config):
 
 
 class TaggingEvaluator:
-    """Clip logits of every held-out clip with the compiled forward, data-parallel, then the clip metrics.
-
-    Every process reads the same batches and feeds its own rows of each (sv_jax.evaluation.local_rows); clips
-    skipped as bad audio are left out of the metrics and counted (`skipped_clips`)."""
+    """Clip logits of every held-out clip, data-parallel over the mesh (sv_jax.evaluation.Embedder, which every
+    process feeds its own rows of each batch), then the clip metrics; clips skipped as bad audio are left out of the
+    metrics and counted (`skipped_clips`)."""
 
     def __init__(self, config, data: TaggingData, model, mesh):
         from sv_jax import evaluation  # pylint: disable=import-outside-toplevel
-        self.config, self.data, self.mesh = config, data, mesh
+        self.config, self.data = config, data
         self.num_items = len(data.eval)
-        self._local_rows = evaluation.local_rows
-        self._mesh_processes = [d.process_index for d in mesh.devices.flat]
-        self._rows = parallel.round_up(max(1, config.eval.batch_frames // config.data.num_frames), mesh.size)
-        self._forward = jax.jit(lambda v, x: model.apply(v, x).clip, in_shardings=(
-            parallel.replicated(mesh), parallel.data_sharded(mesh)), out_shardings=parallel.replicated(mesh))
+        self._embedder = evaluation.Embedder(model, mesh, apply_fn=lambda v, feats, lengths: model.apply(
+            v, feats, lengths).clip, audio_key=f"{data.eval.audio_dir}")
 
     def __call__(self, variables) -> dict[str, Any]:
         from data_pipeline import input_pipeline, tagging  # pylint: disable=import-outside-toplevel
-        bad_audio_log = input_pipeline.BadAudioLog()
-        batches = tagging.batches(self.data.eval, batch_size=self._rows, num_epochs=1, shuffle=False,
-                                  feature_config=self.data.features, resample=self.config.data.tagging.resample,
-                                  on_bad_audio=self.config.data.on_bad_audio, bad_audio_log=bad_audio_log,
-                                  prefetch_batches=self.config.data.prefetch_batches)
-        mine = self._local_rows(self._rows, self._mesh_processes, jax.process_index())
-        outputs = []
-        for batch in batches:
-            feats = parallel.pad_rows({"feats": batch["feats"]}, self._rows)["feats"][mine]
-            logits = self._forward(variables, parallel.shard_batch({"feats": feats}, self.mesh)["feats"])
-            outputs.append((batch["index"], logits))
-        logits = np.full(self.data.eval.labels.shape, np.nan, np.float64)
-        for index, batch_logits in outputs:
-            logits[index] = np.asarray(jax.device_get(batch_logits))[:len(index)]
+        ev, data_config = self.config.eval, self.config.data
+        rows = max(1, ev.batch_frames // data_config.num_frames)  # whole clips: every row is num_frames long
+        batches = tagging.batches(self.data.eval, batch_size=rows, num_epochs=1, shuffle=False,
+                                  feature_config=self.data.features, resample=data_config.tagging.resample,
+                                  on_bad_audio=data_config.on_bad_audio, bad_audio_log=input_pipeline.BadAudioLog(),
+                                  prefetch_batches=data_config.prefetch_batches)
+        full_length = lambda b: {**b, "lengths": np.full(len(b["index"]), b["feats"].shape[1], np.int32)}
+        logits = self._embedder(variables, map(full_length, batches), len(self.data.eval), ev.batch_frames,
+                                allow_missing=data_config.on_bad_audio == "skip")
         present = ~np.isnan(logits).any(axis=1)
-        if not present.any():
-            raise UserError(f"all {len(present)} evaluation clips were skipped as bad audio: check "
-                            f"{self.data.eval.audio_dir}")
         results = metrics.clip_metrics(self.data.eval.labels[present], logits[present], _class_names())
-        results |= {"clips": int(present.sum()), "skipped_clips": int((~present).sum())}
-        return results
+        return results | {"clips": int(present.sum()), "skipped_clips": int((~present).sum())}
 
 
 def _class_names() -> tuple[str, ...]:
