@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
-
 import optax
 
 from cli import ConfigError
@@ -74,7 +74,6 @@ class SpeakerTask:
 
     def label_batch(self, batch_size: int, num_classes: int) -> dict[str, Any]:
         """The batch's label entries, abstract (for lowering)."""
-        import jax  # pylint: disable=import-outside-toplevel
         return {"label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
 
     def random_labels(self, rng: np.random.Generator, batch_size: int, num_classes: int) -> dict[str, np.ndarray]:

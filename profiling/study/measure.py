@@ -144,10 +144,10 @@ def train_variant(sweep: ml_collections.ConfigDict, overrides: Mapping[str, Any]
             tail = log_path.read_text().splitlines()[-5:]
             raise RuntimeError(f"training exited with {code}; see {log_path}: " + " | ".join(tail))
     summary = json.loads(summary_path.read_text())
+    profile_train = summary.get("profile", {}).get("train", {})
     run = {"train_run_steps": summary["steps"], "train_run_seconds": summary["wall_seconds"],
            # every (re)start of the run's measured windows (train.run), or this start's where older summaries lack it
-           "train_run_kwh": (lambda t: t.get("run", {}).get("kwh", t.get("kwh")))(
-               summary.get("profile", {}).get("train", {}))}
+           "train_run_kwh": profile_train.get("run", {}).get("kwh", profile_train.get("kwh"))}
     if summary.get("task") == "tagging":
         return {"map": summary["eval"]["map"], "macro_f1": summary["eval"]["f1_macro"],
                 "eval_clips": summary["eval"]["clips"], **run}
