@@ -35,10 +35,12 @@ import time
 from typing import Any, Callable
 
 import numpy as np
-import scipy.signal
 import soundfile
 
 import cli
+
+# scipy.signal is imported by the functions that generate audio: it takes 1.2 s to import, and a training run
+# that finds its corpus already written never needs it.
 
 __all__ = ["CorpusSpec", "Corpus", "generate_corpus", "spec_from_config"]
 
@@ -187,6 +189,7 @@ def _phone_plan(tr: dict, rng: np.random.Generator, n: int, sr: int) -> list:
 
 def _glottal_source(tr: dict, rng: np.random.Generator, segs: list, n: int, sr: int) -> np.ndarray:
     """Pulse train with declination, accents, wander, jitter and shimmer; tilted; with aspiration noise."""
+    import scipy.signal  # pylint: disable=import-outside-toplevel
     hop = sr // 200  # contour on a 5 ms grid
     t = np.arange(n // hop + 2) * hop
     semis = tr["declination"] * (t / n - 0.5) + rng.normal(0.0, 0.2)
@@ -213,6 +216,7 @@ def _glottal_source(tr: dict, rng: np.random.Generator, segs: list, n: int, sr: 
 
 def _synthesize(tr: dict, rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     """Clean speech-like signal of exactly n samples for one utterance (float, arbitrary scale)."""
+    import scipy.signal  # pylint: disable=import-outside-toplevel
     fade = int(0.012 * sr)
     segs = _phone_plan(tr, rng, n, sr)
     total = max(n, segs[-1][1] + segs[-1][2]) + fade
@@ -248,6 +252,7 @@ def _synthesize(tr: dict, rng: np.random.Generator, n: int, sr: int) -> np.ndarr
 
 def _channel(x: np.ndarray, rng: np.random.Generator, sr: int) -> np.ndarray:
     """Random EQ, high-pass, coloured noise at a random SNR and a random peak level; returns int16."""
+    import scipy.signal  # pylint: disable=import-outside-toplevel
     eq_db = _CHANNEL["eq_db"]
     sos = [_rbj_sos("highpass", rng.uniform(20.0, 150.0), 0.0, 0.707, sr)]
     for _ in range(int(rng.integers(2, 5))):

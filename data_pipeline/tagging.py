@@ -263,6 +263,7 @@ def create_dataset(manifest: TaggingManifest, *, batch_size: int, seed: int = 0,
             bad_audio_log.add(error)
             return np.zeros(cfg.num_samples, np.float32), False
 
+    @input_pipeline.graph_function
     def load(index, clip):
         wav, ok = tf.numpy_function(read, [paths_t[clip]], [tf.float32, tf.bool], stateful=False)
         return {"wav": tf.ensure_shape(wav, [cfg.num_samples]), "labels": labels_t[clip], "index": index,
@@ -275,8 +276,12 @@ def create_dataset(manifest: TaggingManifest, *, batch_size: int, seed: int = 0,
         ds = ds.filter(lambda position, _: position % process_count == process_index)
     ds = ds.map(load, num_parallel_calls=parallel, deterministic=True).filter(lambda x: x["ok"])
     ds = ds.batch(batch_size, drop_remainder=num_epochs is None)
-    ds = ds.map(lambda b: {"feats": tagging_features(b["wav"], cfg), "labels": b["labels"], "index": b["index"]},
-                num_parallel_calls=parallel, deterministic=True)
+
+    @input_pipeline.graph_function
+    def featurize(b):
+        return {"feats": tagging_features(b["wav"], cfg), "labels": b["labels"], "index": b["index"]}
+
+    ds = ds.map(featurize, num_parallel_calls=parallel, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
     options.autotune.enabled = AUTOTUNE_MODEL
