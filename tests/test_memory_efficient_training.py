@@ -11,16 +11,24 @@ import pytest
 from configs import tiny
 from sv_jax import checkpoint as checkpoint_lib
 from sv_jax import train
+from sv_jax.models import cpu_conv
+
+NEEDS_ONEDNN = pytest.mark.skipif(bool(cpu_conv.unavailable_reason()), reason="oneDNN convolutions unavailable")
 
 
-@pytest.mark.parametrize("optimizer, reversible", [("sgd", "partial"), ("adamw", "full")])
+# Each convolution lowering once (sv_jax.models.cpu_conv). 'full' on oneDNN, the CPU default: in its stages XLA's
+# input-gradient convolutions are emitted loops, which the suite's -O0 (tests/conftest.py) makes 670 ms a step
+# against oneDNN's 70 ms (4 devices, 2-core Xeon); 'partial', with an ordinary block per stage, on XLA's.
+@pytest.mark.parametrize("optimizer, reversible, lowering", [
+    ("sgd", "partial", "xla"), pytest.param("adamw", "full", "onednn", marks=NEEDS_ONEDNN)])
 def test_8bit_reversible_run_resumes_from_a_checkpoint_to_the_same_parameters(corpus_root, tmp_path, optimizer,
-                                                                              reversible):
+                                                                              reversible, lowering):
     config = tiny.get_config()
     config.data.synthetic.root = str(corpus_root)
     # One coupling per stage: 'partial' keeps each stage's first block ordinary, 'full' makes every block one.
     config.model.num_blocks = (2, 2, 2, 2) if reversible == "partial" else (1, 1, 1, 1)
     config.model.reversible = reversible
+    config.model.cpu_conv = lowering
     config.optim.name = optimizer
     config.optim.state_bits = 8
     config.train.num_epochs = 3  # 9 steps (of tiny's 3 per epoch): the margin ramp included, fewer slow -O0 steps
