@@ -48,11 +48,6 @@ WEAK_HEADER = ("filename", "event_labels")
 STRONG_HEADER = ("filename", "onset", "offset", "event_label")
 ON_BAD_AUDIO = ("error", "skip")  # as the speaker pipeline's data.on_bad_audio
 _MAX_LISTED = 10
-# tf.data's autotuning model off: with it, deleting the endless training iterator at the end of a run waited on a
-# pipeline thread for 13-63 s (4 of 7 runs of the tagging demo, 2026-12-02; the iterator's destructor blocked in
-# UnboundedThreadPool's thread wrapper); with it off, 0 of 3, at the same training speed (17 clips/s, input wait
-# 7-10% of each log interval).
-AUTOTUNE_MODEL = False
 
 
 class Event(NamedTuple):
@@ -284,7 +279,7 @@ def create_dataset(manifest: TaggingManifest, *, batch_size: int, seed: int = 0,
     ds = ds.map(featurize, num_parallel_calls=parallel, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
-    options.autotune.enabled = AUTOTUNE_MODEL
+    options.autotune.enabled = input_pipeline.AUTOTUNE_MODEL
     return ds.with_options(options).prefetch(prefetch_batches)
 
 
