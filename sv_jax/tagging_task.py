@@ -104,7 +104,7 @@ class TaggingEvaluator:
         self.config, self.data = config, data
         self.num_items = len(data.eval)
         self._embedder = evaluation.Embedder(model, mesh, apply_fn=lambda v, feats, lengths: model.apply(
-            v, feats, lengths).clip, audio_key=f"{data.eval.audio_dir}")
+            v, feats, lengths).clip, audio_key=str(data.eval.audio_dir))
 
     def __call__(self, variables) -> dict[str, Any]:
         from data_pipeline import input_pipeline, tagging  # pylint: disable=import-outside-toplevel
